@@ -1,0 +1,1 @@
+"""What runs in the GPU container: the engine, the job runner and (later) the queue worker."""

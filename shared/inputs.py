@@ -1,0 +1,152 @@
+"""Read a job from a file, validating everything up front.
+
+Three forms are accepted:
+  (a) a Job JSON document: options plus `items`;
+  (b) a JSONL file of items, with job options from the caller (the CLI's flags);
+  (c) an OpenAI Batch JSONL file: `{custom_id, method, url, body}` per line.
+
+Job-level problems raise InputError and nothing runs. A bad item becomes a Rejection on the
+job (an error result when the job runs) unless `strict` is set, when it raises too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.errors import InputError, Issue, ItemFailure
+from shared.models import Item, Job, JobOptions, Rejection
+from shared.prepare import Limits, RequestBuilder
+
+
+def _issues(e: ValidationError, *, index: int | None = None, line: int | None = None,
+            prefix: str = "") -> list[Issue]:
+    out = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        out.append(Issue(err["msg"], field=prefix + field if field else prefix.rstrip("."), index=index, line=line))
+    return out
+
+
+def _read_jsonl(text: str) -> list[tuple[int, Any]]:
+    """(line number, parsed value or an Issue) for each non-blank line."""
+    rows: list[tuple[int, Any]] = []
+    for n, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            rows.append((n, json.loads(raw)))
+        except json.JSONDecodeError as e:
+            rows.append((n, Issue(f"not valid JSON: {e.msg} (column {e.colno})", line=n)))
+    return rows
+
+
+def _is_job_document(text: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) and "items" in doc else None
+
+
+def parse_job(
+    source: str | Path,
+    *,
+    options: dict[str, Any] | None = None,
+    limits: Limits = Limits(),
+    served_models: frozenset[str] = frozenset(),
+    any_model: bool = False,
+    strict: bool = False,
+) -> Job:
+    """Parse and validate a job file. `options` (CLI flags) override the file's job options."""
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError([Issue(f"cannot read {path}: {e}")]) from e
+    return parse_job_text(text, options=options, limits=limits, served_models=served_models,
+                          any_model=any_model, strict=strict)
+
+
+def parse_job_text(
+    text: str,
+    *,
+    options: dict[str, Any] | None = None,
+    limits: Limits = Limits(),
+    served_models: frozenset[str] = frozenset(),
+    any_model: bool = False,
+    strict: bool = False,
+) -> Job:
+    doc = _is_job_document(text)
+    if doc is not None:
+        raw_items = doc.pop("items")
+        if not isinstance(raw_items, list):
+            raise InputError([Issue("must be a list of items", field="items")])
+        rows: list[tuple[int | None, Any]] = [(None, it) for it in raw_items]
+        opts = {**doc, **(options or {})}
+    else:
+        rows = list(_read_jsonl(text))
+        opts = dict(options or {})
+        openai = any(isinstance(v, dict) and "body" in v and "url" in v for _, v in rows[:1])
+        if openai:
+            opts.setdefault("result_format", "openai")
+    try:
+        job_opts = JobOptions.model_validate(opts)
+    except ValidationError as e:
+        raise InputError(_issues(e)) from e
+    if not rows:
+        raise InputError([Issue("the job has no items", field="items")])
+    if len(rows) > limits.max_items:
+        raise InputError([Issue(f"{len(rows)} items is over the limit of {limits.max_items}", field="items")])
+
+    builder = RequestBuilder(job_opts, limits, served_models, any_model=any_model)
+    items: list[Item] = []
+    bad: list[tuple[str, Issue]] = []
+    seen: dict[str, str] = {}
+    dupes: list[Issue] = []
+    for index, (line, value) in enumerate(rows):
+        custom_id = f"item-{index}"
+        if isinstance(value, dict) and isinstance(value.get("custom_id"), str) and value["custom_id"]:
+            custom_id = value["custom_id"]
+        elif isinstance(value, dict) and "custom_id" not in value:
+            value = {"custom_id": custom_id, **value}
+        where = f"line {line}" if line is not None else f"item {index}"
+        if custom_id in seen:
+            dupes.append(Issue(f"custom_id '{custom_id}' repeats {seen[custom_id]}", field="custom_id",
+                               index=index, line=line))
+            continue
+        seen[custom_id] = where
+        issue = _check_item(value, builder, index, line)
+        if isinstance(issue, Item):
+            items.append(issue)
+        else:
+            bad.append((custom_id, issue))
+    if dupes:
+        raise InputError(dupes)
+    if strict and bad:
+        raise InputError([issue for _, issue in bad])
+    rejected = [Rejection(custom_id=cid, index=i.index if i.index is not None else -1, line=i.line,
+                          field=i.field, code=i.code, message=i.message) for cid, i in bad]
+    return Job(**job_opts.model_dump(by_alias=True), items=items, rejected=rejected)
+
+
+def _check_item(value: Any, builder: RequestBuilder, index: int, line: int | None) -> Item | Issue:
+    if isinstance(value, Issue):
+        return replace(value, index=index)
+    if not isinstance(value, dict):
+        return Issue("an item must be a JSON object", index=index, line=line)
+    try:
+        item = Item.model_validate(value)
+    except ValidationError as e:
+        return _issues(e, index=index, line=line)[0]
+
+    try:
+        builder.build(item)
+    except ItemFailure as f:
+        return Issue(f.detail, field=f.field, index=index, line=line, code=f.code)
+    return item
+

