@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -118,6 +119,13 @@ class VLLMEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.shutdown()
+            del llm
+            gc.collect()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests the engine still holds (0 after a cancelled job has been aborted)."""
+        return self._llm.output_processor.get_num_unfinished_requests() if self._llm else 0
 
     # ## Requests
 

@@ -1,0 +1,30 @@
+"""The real vLLM CPU engine with the real SmolLM2 model, booted once per test session."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+
+from shared.settings import Settings
+
+#: a small context keeps the KV cache and the over-long-prompt test cheap
+TEST_MAX_MODEL_LEN = 2048
+
+
+def engine_settings(**overrides) -> Settings:
+    return Settings(_env_file=None, max_model_len=TEST_MAX_MODEL_LEN, **overrides)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def engine():
+    from handler.engine.vllm_engine import VLLMEngine
+
+    eng = await VLLMEngine.start(engine_settings())
+    yield eng
+    await eng.close()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
