@@ -5,6 +5,11 @@ a fixed pool of workers (continuous batching over the whole job, never batches o
 yields a ChunkEvent every `chunk_size` results or every `chunk_interval_s`, whichever comes
 first, then one FinalEvent. Closing the generator cancels the workers, which aborts their
 requests inside the engine.
+
+With a store (DESIGN.md invariants): items already stored are skipped and counted as done;
+a chunk is durable in the store before it is yielded (writes retry with bounded backoff,
+then the job fails with the reason and a re-run resumes); the outcome is recorded by
+`finish`, shielded from cancellation.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from handler.engine.base import Engine
 from handler.progress import ProgressTracker
-from shared.errors import EngineDeadError, ErrorCode, ItemFailure
-from shared.models import ChunkEvent, FinalEvent, Item, Job, JobStatus, Result, ResultStatus, Usage
+from shared.errors import EngineDeadError, ErrorCode, ItemFailure, StoreError
+from shared.models import ChunkEvent, FinalEvent, Item, Job, JobStatus, Result, ResultStatus, Summary, Usage
 from shared.prepare import Limits, RequestBuilder, check_output
+from shared.stores.base import Store, retrying
 
 log = logging.getLogger(__name__)
 
@@ -66,33 +72,60 @@ async def _worker(engine: Engine, builder: RequestBuilder, items: Iterator[Item]
             out.put_nowait(Result.failure(item.custom_id, ErrorCode.engine_error, f"{type(e).__name__}: {e}"))
 
 
+async def _finish(store: Store | None, job_id: str, status: JobStatus, summary: Summary, retry_s: float) -> None:
+    if store is None:
+        return
+    try:
+        # shielded: a cancelled job still records that it was cancelled
+        await asyncio.shield(retrying(lambda: store.finish(job_id, status, summary), within_s=retry_s))
+    except StoreError:
+        log.exception("job %s: could not record its outcome (%s)", job_id, status)
+
+
 async def run_job(
     job: Job,
     engine: Engine,
     *,
+    store: Store | None = None,
     limits: Limits = Limits(),
     any_model: bool = False,
     chunk_size: int | None = None,
     chunk_interval_s: float | None = None,
+    store_retry_s: float = 60.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[ChunkEvent | FinalEvent]:
     size = job.chunk_size or chunk_size or DEFAULT_CHUNK_SIZE
     interval = job.chunk_interval_s or chunk_interval_s or DEFAULT_CHUNK_INTERVAL_S
-    tracker = ProgressTracker(job.total, clock=clock)
     builder = RequestBuilder(job, limits, engine.served_models, any_model=any_model)
 
+    done: dict[str, ResultStatus] = {}
+    if store is not None:
+        try:
+            await retrying(lambda: store.begin(job), within_s=store_retry_s)
+            done = await retrying(lambda: store.done_ids(job.id), within_s=store_retry_s)
+        except StoreError as e:
+            tracker = ProgressTracker(job.total, clock=clock)
+            yield FinalEvent(job_id=job.id, status=JobStatus.failed, summary=tracker.summary(f"store: {e}"))
+            return
+    skipped_ok = sum(s == ResultStatus.ok for s in done.values())
+    tracker = ProgressTracker(job.total, skipped_ok=skipped_ok, skipped_failed=len(done) - skipped_ok, clock=clock)
+    todo = [i for i in job.items if i.custom_id not in done]
+
     queue: asyncio.Queue[Result | _Dead] = asyncio.Queue()
-    buffer: list[Result] = [Result.failure(r.custom_id, r.code, r.describe()) for r in job.rejected]
-    items = iter(job.items)
+    buffer: list[Result] = [Result.failure(r.custom_id, r.code, r.describe())
+                            for r in job.rejected if r.custom_id not in done]
+    items = iter(todo)
     workers = [asyncio.create_task(_worker(engine, builder, items, queue), name=f"{job.id}-w{i}")
-               for i in range(min(engine.capacity, len(job.items)))]
+               for i in range(min(engine.capacity, len(todo)))]
     seq = 0
     dead: str | None = None
     last_flush = clock()
-    pending = len(job.items)
+    pending = len(todo)
 
-    def chunk(results: list[Result]) -> ChunkEvent:
+    async def chunk(results: list[Result]) -> ChunkEvent:
         nonlocal seq, last_flush
+        if store is not None:  # durable before it is yielded
+            await retrying(lambda: store.write(job.id, results), within_s=store_retry_s)
         for r in results:
             tracker.record(r)
         seq += 1
@@ -102,11 +135,11 @@ async def run_job(
     try:
         while pending and dead is None:
             while len(buffer) >= size:
-                yield chunk(buffer[:size])
+                yield await chunk(buffer[:size])
                 del buffer[:size]
             wait = last_flush + interval - clock()
             if buffer and wait <= 0:
-                yield chunk(buffer)
+                yield await chunk(buffer)
                 buffer = []
                 continue
             try:
@@ -123,11 +156,24 @@ async def run_job(
                     break
                 got = queue.get_nowait()
         while buffer:
-            yield chunk(buffer[:size])
+            yield await chunk(buffer[:size])
             del buffer[:size]
-        status = JobStatus.failed if dead else JobStatus.completed
-        yield FinalEvent(job_id=job.id, status=status, summary=tracker.summary(dead))
+    except StoreError as e:
+        dead = f"store unreachable for {store_retry_s:g} s, stopped; re-run to resume: {e}"
+    except (asyncio.CancelledError, GeneratorExit):
+        await _stop(workers)
+        await _finish(store, job.id, JobStatus.cancelled, tracker.summary("cancelled"), store_retry_s)
+        raise
     finally:
-        for w in workers:
-            w.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await _stop(workers)
+    status = JobStatus.failed if dead else JobStatus.completed
+    summary = tracker.summary(dead)
+    await _finish(store, job.id, status, summary, store_retry_s)
+    yield FinalEvent(job_id=job.id, status=status, summary=summary)
+
+
+async def _stop(workers: list[asyncio.Task[None]]) -> None:
+    """Cancel the workers (aborting their requests in the engine) and wait for them."""
+    for w in workers:
+        w.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)

@@ -3,8 +3,10 @@
     LLMJobsError
     ├── ConfigError         settings that cannot work (bad model path, missing package)
     ├── InputError          job-level input that cannot run; carries every Issue found
-    └── EngineError         the engine could not serve a request
-        └── EngineDeadError the engine is gone: the job fails, with this as its reason
+    ├── EngineError         the engine could not serve a request
+    │   └── EngineDeadError the engine is gone: the job fails, with this as its reason
+    └── StoreError          the store refused a call (a bug or a schema mismatch: not retried)
+        └── StoreUnavailable the store could not be reached in time (retried with backoff)
 
 Per-item failures are not exceptions in results: they become `Result(status="error",
 error=ItemError(code, message))`. Inside the engine adapter an `ItemFailure` carries one
@@ -92,6 +94,14 @@ class EngineError(LLMJobsError):
 
 class EngineDeadError(EngineError):
     """The engine died; every job on it fails with this reason."""
+
+
+class StoreError(LLMJobsError):
+    """The store refused a call; retrying will not help."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached or timed out; safe to retry (every write is idempotent)."""
 
 
 class ItemFailure(Exception):

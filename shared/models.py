@@ -6,6 +6,7 @@ Shapes follow DESIGN.md. Everything here is plain pydantic: no engine, no I/O.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -235,6 +236,24 @@ class Summary(BaseModel):
     error_codes: dict[str, int] = Field(default_factory=dict)
     #: why the job failed or was cancelled
     reason: str | None = None
+
+
+class JobRecord(BaseModel):
+    """A job as the store keeps it: status and counters, no items."""
+
+    id: str
+    status: JobStatus
+    model: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+    error: str | None = None
+    summary: Summary | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class ChunkEvent(BaseModel):

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -78,13 +78,32 @@ class Settings(BaseSettings):
     #: seconds one item may take before it becomes a `timeout` error
     item_timeout_s: float = Field(default=600, gt=0)
 
+    # ## The store (first match wins: Supabase, then DATABASE_URL, then the local SQLite file)
+    supabase_url: str | None = None
+    #: the service-role key: workers write past row-level security. Never logged.
+    supabase_service_role_key: SecretStr | None = None
+    #: a direct or pooled Postgres URL (Supabase offers both); never logged
+    database_url: SecretStr | None = None
+    #: the embedded default store, used when neither of the above is set
+    sqlite_path: Path = Path("~/.local/share/llm-jobs/jobs.db").expanduser()
+    #: seconds one store call may take
+    store_timeout_s: float = Field(default=10, gt=0)
+    #: seconds a write keeps retrying (with backoff) before the job fails; a re-run resumes
+    store_retry_s: float = Field(default=60, gt=0)
+    store_pool_size: int = Field(default=4, ge=1)
+
     # ## Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("cache_dir", "hf_home", mode="after")
+    @field_validator("cache_dir", "hf_home", "sqlite_path", mode="after")
     @classmethod
     def _expand_home(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v else v
+
+    @field_validator("supabase_url", mode="after")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
 
 
 @lru_cache(maxsize=1)

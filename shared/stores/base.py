@@ -1,0 +1,95 @@
+"""The store protocol, the row shape every backend writes, and the retry policy.
+
+Every backend keeps the same two tables (supabase/migrations/*_init.sql) with the same
+semantics: `write` is one round trip per chunk and idempotent on (job_id, custom_id), always
+with the full column set; the jobs row's counters are kept by the database itself, so a chunk
+written twice is counted once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from shared.errors import StoreUnavailable
+from shared.models import ItemError, Job, JobRecord, JobStatus, Result, ResultStatus, Summary, Usage
+
+T = TypeVar("T")
+
+#: the columns of job_results a write sends, every time (PostgREST nulls a missing key on merge)
+RESULT_COLUMNS = ("job_id", "custom_id", "status", "text", "parsed", "error", "finish_reason",
+                  "prompt_tokens", "completion_tokens", "latency_ms")
+
+
+class Store(Protocol):
+    async def begin(self, job: Job) -> None:
+        """Record the job as running (creating its row if needed)."""
+
+    async def done_ids(self, job_id: str) -> dict[str, ResultStatus]:
+        """custom_id -> status of every stored result: what a re-run skips."""
+
+    async def write(self, job_id: str, results: Sequence[Result]) -> None:
+        """Store one chunk: one round trip, idempotent on (job_id, custom_id)."""
+
+    async def finish(self, job_id: str, status: JobStatus, summary: Summary) -> None:
+        """Record the outcome. Callers shield it from cancellation."""
+
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
+        """Results ordered by custom_id, those after `after` (keyset pagination)."""
+
+    async def close(self) -> None: ...
+
+
+def result_row(job_id: str, r: Result) -> dict[str, Any]:
+    usage = r.usage or Usage()
+    return {
+        "job_id": job_id,
+        "custom_id": r.custom_id,
+        "status": r.status.value,
+        "text": r.text,
+        "parsed": r.parsed,
+        "error": r.error.model_dump() if r.error else None,
+        "finish_reason": r.finish_reason,
+        "prompt_tokens": usage.prompt_tokens if r.usage else None,
+        "completion_tokens": usage.completion_tokens if r.usage else None,
+        "latency_ms": r.latency_ms,
+    }
+
+
+def _json(v: Any) -> Any:
+    return json.loads(v) if isinstance(v, str | bytes) else v
+
+
+def row_result(row: dict[str, Any]) -> Result:
+    p, c = row.get("prompt_tokens"), row.get("completion_tokens")
+    usage = None if p is None and c is None else Usage(prompt_tokens=p or 0, completion_tokens=c or 0,
+                                                        total_tokens=(p or 0) + (c or 0))
+    err = _json(row.get("error"))
+    return Result(custom_id=row["custom_id"], status=ResultStatus(row["status"]), text=row.get("text"),
+                  parsed=_json(row.get("parsed")), finish_reason=row.get("finish_reason"), usage=usage,
+                  latency_ms=row.get("latency_ms"), error=ItemError(**err) if err else None)
+
+
+def row_job(row: dict[str, Any]) -> JobRecord:
+    row = dict(row)
+    row["summary"] = _json(row.get("summary"))
+    row["metadata"] = _json(row.get("metadata")) or {}
+    return JobRecord.model_validate(row)
+
+
+async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
+    """Run `call`, retrying StoreUnavailable with bounded exponential backoff for `within_s` seconds."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(StoreUnavailable),
+        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        stop=stop_after_delay(within_s),
+        reraise=True,
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable")

@@ -1,0 +1,106 @@
+"""The Postgres store: psycopg 3 async with a pool, over a direct or pooled URL (Supabase gives both)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from shared.errors import StoreError, StoreUnavailable
+from shared.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.stores.base import result_row, row_job, row_result
+
+# One statement per chunk: the rows travel as one JSON array and are upserted together.
+_UPSERT = """
+insert into job_results (job_id, custom_id, status, text, parsed, error, finish_reason,
+                         prompt_tokens, completion_tokens, latency_ms)
+select r.job_id, r.custom_id, r.status, r.text, r.parsed, r.error, r.finish_reason,
+       r.prompt_tokens, r.completion_tokens, r.latency_ms
+  from jsonb_to_recordset(%s::jsonb) as r(job_id text, custom_id text, status text, text text, parsed jsonb,
+       error jsonb, finish_reason text, prompt_tokens int, completion_tokens int, latency_ms float8)
+on conflict (job_id, custom_id) do update set
+  status = excluded.status, text = excluded.text, parsed = excluded.parsed, error = excluded.error,
+  finish_reason = excluded.finish_reason, prompt_tokens = excluded.prompt_tokens,
+  completion_tokens = excluded.completion_tokens, latency_ms = excluded.latency_ms
+"""
+
+_BEGIN = """
+insert into jobs (id, status, model, total, metadata, started_at) values (%s, 'running', %s, %s, %s, now())
+on conflict (id) do update set status = 'running', total = excluded.total,
+  model = coalesce(excluded.model, jobs.model), metadata = excluded.metadata,
+  finished_at = null, error = null, started_at = coalesce(jobs.started_at, now())
+"""
+
+
+class PostgresStore:
+    def __init__(self, url: str, *, timeout_s: float = 10, pool_size: int = 4):
+        self.timeout_s = timeout_s
+        self._pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=timeout_s,
+            # prepare_threshold=None: pooled URLs (pgbouncer/Supavisor, transaction mode) lack prepared statements
+            kwargs={"autocommit": True, "prepare_threshold": None, "connect_timeout": max(1, int(timeout_s)),
+                    "options": f"-c statement_timeout={int(timeout_s * 1000)}"},
+            check=AsyncConnectionPool.check_connection,
+        )
+        self._opened = False
+
+    @asynccontextmanager
+    async def _cursor(self) -> AsyncIterator[psycopg.AsyncCursor[dict[str, Any]]]:
+        try:
+            if not self._opened:
+                await self._pool.open(wait=False)
+                self._opened = True
+            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                yield cur
+        except PoolTimeout as e:
+            raise StoreUnavailable(f"postgres: no connection within {self.timeout_s:g} s") from e
+        except (psycopg.OperationalError, psycopg.errors.QueryCanceled) as e:
+            raise StoreUnavailable(f"postgres: {type(e).__name__}: {e}".strip()) from e
+        except psycopg.Error as e:
+            raise StoreError(f"postgres: {type(e).__name__}: {e}".strip()) from e
+
+    async def begin(self, job: Job) -> None:
+        async with self._cursor() as cur:
+            await cur.execute(_BEGIN, (job.id, job.model, job.total, Jsonb(job.metadata)))
+
+    async def done_ids(self, job_id: str) -> dict[str, ResultStatus]:
+        async with self._cursor() as cur:
+            await cur.execute("select custom_id, status from job_results where job_id = %s", (job_id,))
+            return {r["custom_id"]: ResultStatus(r["status"]) for r in await cur.fetchall()}
+
+    async def write(self, job_id: str, results: Sequence[Result]) -> None:
+        rows = json.dumps([result_row(job_id, r) for r in results], ensure_ascii=False)
+        async with self._cursor() as cur:
+            await cur.execute(_UPSERT, (rows,))
+
+    async def finish(self, job_id: str, status: JobStatus, summary: Summary) -> None:
+        async with self._cursor() as cur:
+            await cur.execute("update jobs set status = %s, finished_at = now(), summary = %s, error = %s "
+                              "where id = %s", (status.value, Jsonb(summary.model_dump()), summary.reason, job_id))
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        async with self._cursor() as cur:
+            await cur.execute("select * from jobs where id = %s", (job_id,))
+            row = await cur.fetchone()
+        return row_job(row) if row else None
+
+    async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
+        async with self._cursor() as cur:
+            await cur.execute("select * from job_results where job_id = %s and custom_id > %s "
+                              "order by custom_id limit %s", (job_id, after or "", limit))
+            return [row_result(r) for r in await cur.fetchall()]
+
+    async def close(self) -> None:
+        if self._opened:
+            await self._pool.close()
+            self._opened = False

@@ -1,0 +1,131 @@
+"""The embedded local store: one SQLite file, the same tables and semantics as Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from shared.errors import StoreError, StoreUnavailable
+from shared.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.stores.base import RESULT_COLUMNS, result_row, row_job, row_result
+
+SCHEMA = """
+create table if not exists jobs (
+  id text primary key, status text not null default 'queued', model text,
+  total integer not null default 0, completed integer not null default 0, failed integer not null default 0,
+  created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')), started_at text, finished_at text,
+  updated_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')),
+  error text, summary text, metadata text not null default '{}', owner text
+);
+create table if not exists job_results (
+  job_id text not null references jobs (id) on delete cascade, custom_id text not null,
+  status text not null check (status in ('ok', 'error')), text text, parsed text, error text,
+  finish_reason text, prompt_tokens integer, completion_tokens integer, latency_ms real,
+  created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')),
+  primary key (job_id, custom_id)
+);
+create trigger if not exists job_results_inserted after insert on job_results begin
+  update jobs set completed = completed + (new.status = 'ok'), failed = failed + (new.status = 'error'),
+         updated_at = strftime('%Y-%m-%dT%H:%M:%fZ') where id = new.job_id;
+end;
+create trigger if not exists job_results_updated after update of status on job_results
+when old.status is not new.status begin
+  update jobs set completed = completed + (new.status = 'ok') - (old.status = 'ok'),
+         failed = failed + (new.status = 'error') - (old.status = 'error') where id = new.job_id;
+end;
+"""
+
+_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ')"
+_UPSERT = (
+    f"insert into job_results ({', '.join(RESULT_COLUMNS)}) values ({', '.join('?' for _ in RESULT_COLUMNS)}) "
+    "on conflict (job_id, custom_id) do update set "
+    + ", ".join(f"{c} = excluded.{c}" for c in RESULT_COLUMNS[2:])
+)
+
+
+def _dump(v: Any) -> Any:
+    return None if v is None else json.dumps(v, ensure_ascii=False)
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, *, timeout_s: float = 10):
+        self.path = path
+        self.timeout_s = timeout_s
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(self.path, timeout=self.timeout_s)
+            db.row_factory = sqlite3.Row
+            await db.execute("pragma journal_mode = wal")
+            await db.execute("pragma foreign_keys = on")
+            await db.executescript(SCHEMA)
+            await db.commit()
+            self._db = db
+        return self._db
+
+    async def _run(self, sql: str, params: Any = (), *, many: bool = False, fetch: bool = False) -> list[Any]:
+        async with self._lock:
+            db = await self._conn()
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    if many:
+                        await db.executemany(sql, params)
+                        rows: list[Any] = []
+                    else:
+                        cur = await db.execute(sql, params)
+                        rows = list(await cur.fetchall()) if fetch else []
+                    await db.commit()
+                    return rows
+            except sqlite3.OperationalError as e:  # locked, disk I/O
+                raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
+            except TimeoutError as e:
+                raise StoreUnavailable(f"sqlite {self.path}: no answer in {self.timeout_s:g} s") from e
+            except sqlite3.Error as e:
+                raise StoreError(f"sqlite {self.path}: {e}") from e
+
+    async def begin(self, job: Job) -> None:
+        await self._run(
+            "insert into jobs (id, status, model, total, metadata, started_at) values (?, 'running', ?, ?, ?, "
+            f"{_NOW}) on conflict (id) do update set status = 'running', total = excluded.total, "
+            "model = coalesce(excluded.model, jobs.model), metadata = excluded.metadata, finished_at = null, "
+            f"error = null, started_at = coalesce(jobs.started_at, {_NOW}), updated_at = {_NOW}",
+            (job.id, job.model, job.total, _dump(job.metadata)))
+
+    async def done_ids(self, job_id: str) -> dict[str, ResultStatus]:
+        rows = await self._run("select custom_id, status from job_results where job_id = ?", (job_id,), fetch=True)
+        return {r["custom_id"]: ResultStatus(r["status"]) for r in rows}
+
+    async def write(self, job_id: str, results: Sequence[Result]) -> None:
+        rows = []
+        for r in results:
+            row = result_row(job_id, r)
+            row["parsed"], row["error"] = _dump(row["parsed"]), _dump(row["error"])
+            rows.append(tuple(row[c] for c in RESULT_COLUMNS))
+        await self._run(_UPSERT, rows, many=True)  # one transaction per chunk
+
+    async def finish(self, job_id: str, status: JobStatus, summary: Summary) -> None:
+        await self._run(f"update jobs set status = ?, finished_at = {_NOW}, updated_at = {_NOW}, summary = ?, "
+                        "error = ? where id = ?", (status.value, summary.model_dump_json(), summary.reason, job_id))
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        rows = await self._run("select * from jobs where id = ?", (job_id,), fetch=True)
+        return row_job(dict(rows[0])) if rows else None
+
+    async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
+        rows = await self._run("select * from job_results where job_id = ? and custom_id > ? order by custom_id "
+                               "limit ?", (job_id, after or "", limit), fetch=True)
+        return [row_result(dict(r)) for r in rows]
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
