@@ -1,6 +1,6 @@
 """Throughput: bare vLLM vs. our runner vs. a naive batches-of-10 loop, on one engine.
 
-    python benchmarks/throughput.py [--n 256] [--max-tokens 64] [--chunk-size 10]
+    python -m benchmarks.throughput [--n 256] [--max-tokens 64] [--chunk-size 10] [--chunk-interval 2]
 
 The same N prompts, token for token, go through:
   (a) bare vLLM: every request submitted to AsyncLLM at once;

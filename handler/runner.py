@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from handler.engine.base import Engine
 from handler.progress import ProgressTracker
-from shared.errors import EngineDeadError, ErrorCode, ItemFailure, StoreError
+from shared.errors import EngineDeadError, ErrorCode, ItemFailure, StoreError, StoreUnavailable
 from shared.models import ChunkEvent, FinalEvent, Item, Job, JobStatus, Result, ResultStatus, Summary, Usage
 from shared.prepare import Limits, RequestBuilder, check_output
 from shared.stores.base import Store, retrying
@@ -101,7 +101,8 @@ async def run_job(
     done: dict[str, ResultStatus] = {}
     if store is not None:
         try:
-            await retrying(lambda: store.begin(job), within_s=store_retry_s)
+            record = job if job.model else job.model_copy(update={"model": engine.model_name})
+            await retrying(lambda: store.begin(record), within_s=store_retry_s)
             done = await retrying(lambda: store.done_ids(job.id), within_s=store_retry_s)
         except StoreError as e:
             tracker = ProgressTracker(job.total, clock=clock)
@@ -158,8 +159,10 @@ async def run_job(
         while buffer:
             yield await chunk(buffer[:size])
             del buffer[:size]
-    except StoreError as e:
+    except StoreUnavailable as e:
         dead = f"store unreachable for {store_retry_s:g} s, stopped; re-run to resume: {e}"
+    except StoreError as e:
+        dead = f"store refused a write, stopped: {e}"
     except (asyncio.CancelledError, GeneratorExit):
         await _stop(workers)
         await _finish(store, job.id, JobStatus.cancelled, tracker.summary("cancelled"), store_retry_s)

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import pytest
+import pytest_asyncio
 
 from shared.models import Item, Job
+
+#: a JWT-shaped service key for the PostgREST adapter (supabase-py checks the shape)
+SERVICE_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.dGVzdC1zaWduYXR1cmU"
 
 
 def make_job(n: int, **options) -> Job:
@@ -12,3 +16,51 @@ def make_job(n: int, **options) -> Job:
 @pytest.fixture
 def job_factory():
     return make_job
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A real PostgreSQL 15 cluster with the migration applied, for the whole session."""
+    from tests.support.pg import PgCluster
+
+    cluster = PgCluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest_asyncio.fixture
+async def postgrest(pg):
+    from tests.support.postgrest import PostgrestTransport
+
+    transport = PostgrestTransport(pg.url, SERVICE_KEY)
+    yield transport
+    await transport.aclose()
+
+
+def _make_store(kind: str, pg, tmp_path, postgrest, **kw):
+    if kind == "sqlite":
+        from shared.stores.sqlite import SQLiteStore
+
+        return SQLiteStore(tmp_path / "jobs.db", **kw)
+    pg.truncate()
+    if kind == "postgres":
+        from shared.stores.postgres import PostgresStore
+
+        return PostgresStore(pg.url, **kw)
+    from shared.stores.supabase import SupabaseStore
+
+    return SupabaseStore("http://supabase.test", SERVICE_KEY, transport=postgrest, **kw)
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgres", "supabase"])
+async def store(request, tmp_path):
+    """The same behaviour suite runs against each backend."""
+    from tests.support.postgrest import PostgrestTransport
+
+    pg = request.getfixturevalue("pg") if request.param != "sqlite" else None
+    transport = PostgrestTransport(pg.url, SERVICE_KEY) if request.param == "supabase" else None
+    s = _make_store(request.param, pg, tmp_path, transport, timeout_s=5)
+    yield s
+    await s.close()
+    if transport is not None:
+        await transport.aclose()

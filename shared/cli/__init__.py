@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from shared.cli.read import results, status
 from shared.cli.run import run
 from shared.cli.validate import validate
 
@@ -18,6 +19,8 @@ app = typer.Typer(
 )
 app.command(help="Run a job file through the engine and write every result.")(run)
 app.command(help="Check a job file without running it.")(validate)
+app.command(help="Show a job's status and counters from the store.")(status)
+app.command(help="Print or save a job's stored results.")(results)
 
 
 def main() -> None:

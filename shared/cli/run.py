@@ -24,6 +24,7 @@ from shared.models import ChunkEvent, FinalEvent, Job, JobStatus
 from shared.output import ResultWriter
 from shared.prepare import Limits
 from shared.settings import Settings, get_settings
+from shared.stores import describe_store, open_store
 
 
 def run(
@@ -35,7 +36,7 @@ def run(
                                                    "mapped to it.")] = None,
     format: Annotated[Literal["ours", "openai"] | None, typer.Option(
         "--format", help="Result lines format [default: openai for OpenAI Batch input, else ours].")] = None,
-    job_id: Annotated[str | None, typer.Option(help="Job id (the idempotency key).")] = None,
+    job_id: Annotated[str | None, typer.Option(help="Job id (the idempotency key): the same id resumes.")] = None,
     template: Annotated[Path | None, typer.Option(help="Jinja2 template file over item fields.")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     schema: Annotated[Path | None, typer.Option(help="JSON schema file: structured output.")] = None,
@@ -77,9 +78,11 @@ async def _run(job: Job, settings: Settings, out: Path, fmt: Literal["ours", "op
     from handler.engine.vllm_engine import VLLMEngine
     from handler.runner import run_job
 
+    store = open_store(settings)
+    err.print(f"job [bold]{job.id}[/]: {job.total} item(s); results to {out} and {describe_store(settings)}")
     with err.status(f"booting the engine ({settings.model_name or 'embedded SmolLM2-135M-Instruct'})..."):
         engine = await VLLMEngine.start(settings)
-    writer = ResultWriter(out, fmt, job_id=job.id, model=engine.model_name)
+    writer: ResultWriter | None = None
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("[red]{task.fields[failed]} failed"), TextColumn("{task.fields[rate]:.2f} items/s"),
                    TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(), console=err)
@@ -87,10 +90,14 @@ async def _run(job: Job, settings: Settings, out: Path, fmt: Literal["ours", "op
     try:
         with bar:
             task = bar.add_task(job.id, total=job.total, failed=0, rate=0.0, eta="?")
-            async for event in run_job(job, engine, limits=Limits.from_settings(settings), any_model=any_model,
-                                       chunk_size=settings.default_chunk_size,
-                                       chunk_interval_s=settings.default_chunk_interval_s):
+            async for event in run_job(job, engine, store=store, limits=Limits.from_settings(settings),
+                                       any_model=any_model, chunk_size=settings.default_chunk_size,
+                                       chunk_interval_s=settings.default_chunk_interval_s,
+                                       store_retry_s=settings.store_retry_s):
                 if isinstance(event, ChunkEvent):
+                    if writer is None:  # a resumed run appends to what the earlier run wrote
+                        writer = ResultWriter(out, fmt, job_id=job.id, model=engine.model_name,
+                                              append=event.progress.skipped > 0)
                     await asyncio.to_thread(writer.write, event.results)
                     p = event.progress
                     bar.update(task, completed=p.completed + p.failed, failed=p.failed, rate=p.items_per_s,
@@ -98,7 +105,9 @@ async def _run(job: Job, settings: Settings, out: Path, fmt: Literal["ours", "op
                 else:
                     final = event
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
+        await store.close()
         await engine.close()
     assert final is not None
     return final
@@ -110,7 +119,7 @@ def _show_summary(final: FinalEvent, out: Path) -> None:
                   if final.status == JobStatus.completed and not s.failed else "bold yellow")
     table.add_column("")
     table.add_column("", justify="right")
-    for k, v in [("items", s.total), ("ok", s.completed), ("failed", s.failed),
+    for k, v in [("items", s.total), ("ok", s.completed), ("failed", s.failed), ("skipped (stored before)", s.skipped),
                  ("elapsed", f"{s.elapsed_s:.1f} s"), ("items/s", f"{s.items_per_s:.2f}"),
                  ("prompt tokens", s.prompt_tokens), ("completion tokens", s.completion_tokens),
                  ("tokens/s", f"{s.tokens_per_s:.1f}")]:

@@ -86,7 +86,7 @@ async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
     """Run `call`, retrying StoreUnavailable with bounded exponential backoff for `within_s` seconds."""
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(StoreUnavailable),
-        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
         stop=stop_after_delay(within_s),
         reraise=True,
     ):

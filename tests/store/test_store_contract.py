@@ -1,0 +1,100 @@
+"""One behaviour suite, run against the SQLite, Postgres and Supabase (supabase-py -> PostgREST
+adapter -> real Postgres) backends."""
+
+from __future__ import annotations
+
+from shared.models import Job, JobStatus, Result, ResultStatus, Summary, Usage
+from tests.conftest import make_job
+
+
+def ok(cid: str, text: str = "hi", parsed=None) -> Result:
+    return Result(custom_id=cid, status=ResultStatus.ok, text=text, parsed=parsed, finish_reason="stop",
+                  usage=Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5), latency_ms=1.5)
+
+
+def bad(cid: str) -> Result:
+    return Result.failure(cid, "invalid_output", "not JSON", text="{oops")
+
+
+def summary(**kw) -> Summary:
+    base = dict(total=3, completed=2, failed=1, elapsed_s=1.0, items_per_s=3.0, prompt_tokens=9,
+                completion_tokens=6, tokens_per_s=6.0)
+    return Summary(**{**base, **kw})
+
+
+async def test_begin_write_finish_and_read_back(store):
+    job = make_job(3, metadata={"course": "4t ESO"}, model="m")
+    await store.begin(job)
+    rec = await store.get_job(job.id)
+    assert (rec.status, rec.total, rec.model, rec.metadata) == (JobStatus.running, 3, "m", {"course": "4t ESO"})
+    assert rec.started_at is not None and rec.finished_at is None
+    await store.write(job.id, [ok("c0", parsed={"nota": 4, "feedback": "bé"}), bad("c1")])
+    await store.write(job.id, [ok("c2")])
+    await store.finish(job.id, JobStatus.completed, summary())
+    rec = await store.get_job(job.id)
+    assert (rec.status, rec.completed, rec.failed) == (JobStatus.completed, 2, 1)
+    assert rec.finished_at is not None and rec.summary.completed == 2
+    got = await store.results(job.id)
+    assert [r.custom_id for r in got] == ["c0", "c1", "c2"]
+    assert got[0] == ok("c0", parsed={"nota": 4, "feedback": "bé"})
+    assert got[1] == bad("c1")
+
+
+async def test_writing_a_chunk_twice_stores_and_counts_it_once(store):
+    job = make_job(4)
+    await store.begin(job)
+    chunk = [ok("c0"), ok("c1"), bad("c2")]
+    await store.write(job.id, chunk)
+    await store.write(job.id, chunk)
+    rec = await store.get_job(job.id)
+    assert (rec.completed, rec.failed) == (2, 1)
+    assert len(await store.results(job.id)) == 3
+
+
+async def test_a_row_that_changes_status_moves_between_counters(store):
+    job = make_job(2)
+    await store.begin(job)
+    await store.write(job.id, [bad("c0")])
+    await store.write(job.id, [ok("c0")])
+    rec = await store.get_job(job.id)
+    assert (rec.completed, rec.failed) == (1, 0)
+    assert (await store.done_ids(job.id)) == {"c0": ResultStatus.ok}
+
+
+async def test_every_write_sends_every_column(store):
+    # a rewrite without `parsed` must clear it, not keep the old value (PostgREST merge semantics)
+    job = make_job(1)
+    await store.begin(job)
+    await store.write(job.id, [ok("c0", parsed={"a": 1})])
+    await store.write(job.id, [ok("c0", text="again")])
+    (r,) = await store.results(job.id)
+    assert (r.text, r.parsed) == ("again", None)
+
+
+async def test_done_ids_and_results_page_past_a_thousand_rows(store):
+    job = Job(items=[], id="big")
+    await store.begin(job)
+    for start in range(0, 1500, 500):
+        await store.write(job.id, [ok(f"r{i:05d}") for i in range(start, start + 500)])
+    done = await store.done_ids(job.id)
+    assert len(done) == 1500 and set(done.values()) == {ResultStatus.ok}
+    page1 = await store.results(job.id, limit=1000)
+    page2 = await store.results(job.id, after=page1[-1].custom_id, limit=1000)
+    assert len(page1) == 1000 and len(page2) == 500
+    assert page2[0].custom_id == "r01000"
+
+
+async def test_begin_again_reopens_a_finished_job_and_keeps_its_results(store):
+    job = make_job(2)
+    await store.begin(job)
+    await store.write(job.id, [ok("c0")])
+    await store.finish(job.id, JobStatus.failed, summary(reason="engine died"))
+    assert (await store.get_job(job.id)).error == "engine died"
+    await store.begin(job)
+    rec = await store.get_job(job.id)
+    assert (rec.status, rec.error, rec.finished_at, rec.completed) == (JobStatus.running, None, None, 1)
+
+
+async def test_unknown_job_reads_as_none(store):
+    assert await store.get_job("nope") is None
+    assert await store.done_ids("nope") == {}

@@ -1,0 +1,204 @@
+"""A small PostgREST, as an httpx transport over a real PostgreSQL, for testing the Supabase store
+through the real supabase-py client (there is no PostgREST server here).
+
+It carries out what PostgREST does for the requests llm-jobs makes, the way PostgREST does it:
+- auth: the `apikey` header and `Authorization: Bearer` must carry the key (else 401 PGRST301);
+- GET /rest/v1/<table>?select=&<col>=<op>.<value>&order=&limit=&offset= (eq, neq, gt, gte, lt,
+  lte, is, in), answered with `json_agg` of the rows, as PostgREST does;
+- POST (insert / upsert): rows go through `json_populate_recordset(null::<table>, body)` over
+  the `columns` parameter, so a key a row lacks becomes NULL (`missing=default` is honoured),
+  with `on_conflict` and `Prefer: resolution=merge-duplicates|ignore-duplicates`;
+- PATCH with filters: only the keys sent are set;
+- `Prefer: return=minimal|representation`; Postgres errors as `{code, message, details, hint}`
+  with PostgREST's status codes; a database it cannot reach is a 503 PGRST001.
+(`Prefer: missing=default` is refused: llm-jobs always sends every column.)
+It connects as a superuser, like the service role, so row-level security does not apply.
+Every request is recorded in `.log` for wire checks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+_OPS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_RESERVED = {"select", "order", "limit", "offset", "on_conflict", "columns"}
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    params: dict[str, str]
+    headers: dict[str, str]
+    body: Any = field(default=None)
+
+
+class PostgrestError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: str | None = None, hint: str | None = None):
+        self.status, self.body = status, {"code": code, "message": message, "details": details, "hint": hint}
+
+
+class PostgrestTransport(httpx.AsyncBaseTransport):
+    def __init__(self, dsn: str, key: str, tables: tuple[str, ...] = ("jobs", "job_results")):
+        self.key = key
+        self.tables = tables
+        self.log: list[Seen] = []
+        self.pool = AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False, timeout=2,
+                                        kwargs={"autocommit": True}, check=AsyncConnectionPool.check_connection)
+        self._columns: dict[str, list[str]] = {}
+
+    async def aclose(self) -> None:
+        await self.pool.close()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        params = dict(request.url.params)
+        self.log.append(Seen(request.method, request.url.path, params, dict(request.headers), body))
+        try:
+            self._auth(request)
+            table = self._table(request.url.path)
+            prefer = dict(p.strip().split("=", 1) for p in request.headers.get("prefer", "").split(",") if "=" in p)
+            if self.pool.closed:
+                await self.pool.open(wait=False)
+            async with self.pool.connection() as conn:
+                cols = await self._table_columns(conn, table)
+                if request.method == "GET":
+                    return await self._select(conn, table, params, cols)
+                if request.method == "POST":
+                    return await self._insert(conn, table, params, prefer, body, cols)
+                if request.method == "PATCH":
+                    return await self._update(conn, table, params, prefer, body, cols)
+                raise PostgrestError(405, "PGRST117", f"Unsupported HTTP method: {request.method}")
+        except PostgrestError as e:
+            return httpx.Response(e.status, json=e.body)
+        except (PoolTimeout, psycopg.OperationalError) as e:
+            return httpx.Response(503, json={"code": "PGRST001", "message": "Database client error. Retrying "
+                                             "the connection.", "details": str(e), "hint": None})
+        except psycopg.Error as e:
+            state = e.sqlstate or "XX000"
+            status = {"23505": 409, "23503": 409, "42501": 403, "42P01": 404}.get(state, 400)
+            diag = e.diag
+            return httpx.Response(status, json={"code": state, "message": diag.message_primary or str(e),
+                                                "details": diag.message_detail, "hint": diag.message_hint})
+
+    # ## Pieces
+
+    def _auth(self, request: httpx.Request) -> None:
+        if request.headers.get("apikey") != self.key or request.headers.get("authorization") != f"Bearer {self.key}":
+            raise PostgrestError(401, "PGRST301", "JWSError JWSInvalidSignature")
+
+    def _table(self, path: str) -> str:
+        prefix = "/rest/v1/"
+        name = path[len(prefix):] if path.startswith(prefix) else ""
+        if name not in self.tables:
+            raise PostgrestError(404, "PGRST205", f"Could not find the table 'public.{name}' in the schema cache")
+        return name
+
+    async def _table_columns(self, conn: psycopg.AsyncConnection, table: str) -> list[str]:
+        if table not in self._columns:
+            cur = await conn.execute("select column_name from information_schema.columns where table_schema = "
+                                     "'public' and table_name = %s order by ordinal_position", (table,))
+            self._columns[table] = [r[0] for r in await cur.fetchall()]
+        return self._columns[table]
+
+    @staticmethod
+    def _check(names: list[str], cols: list[str], table: str) -> list[str]:
+        for n in names:
+            if n not in cols:
+                raise PostgrestError(400, "PGRST204", f"Could not find the '{n}' column of '{table}' in the schema cache")
+        return names
+
+    def _where(self, params: dict[str, str], cols: list[str], table: str) -> tuple[sql.Composable, list[Any]]:
+        parts: list[sql.Composable] = []
+        args: list[Any] = []
+        for name, expr in params.items():
+            if name in _RESERVED:
+                continue
+            self._check([name], cols, table)
+            op, _, value = expr.partition(".")
+            ident = sql.Identifier(name)
+            if op in _OPS:
+                parts.append(sql.SQL("{}::text {} %s").format(ident, sql.SQL(_OPS[op])) if op != "eq" else
+                             sql.SQL("{}::text = %s").format(ident))
+                args.append(value)
+            elif op == "is" and value in ("null", "true", "false"):
+                parts.append(sql.SQL("{} is " + value).format(ident))
+            elif op == "in":
+                parts.append(sql.SQL("{}::text = any(%s)").format(ident))
+                args.append([v.strip('"') for v in value.strip("()").split(",") if v])
+            else:
+                raise PostgrestError(400, "PGRST100", f'"failed to parse filter ({expr})"')
+        where = sql.SQL(" where ") + sql.SQL(" and ").join(parts) if parts else sql.SQL("")
+        return where, args
+
+    async def _json(self, conn: psycopg.AsyncConnection, query: sql.Composable, args: list[Any]) -> Any:
+        cur = await conn.execute(sql.SQL("select coalesce(json_agg(t), '[]'::json) from ({}) t").format(query), args)
+        return (await cur.fetchone())[0]
+
+    async def _select(self, conn, table: str, params: dict[str, str], cols: list[str]) -> httpx.Response:
+        select = params.get("select", "*")
+        names = cols if select == "*" else self._check(select.split(","), cols, table)
+        where, args = self._where(params, cols, table)
+        query = sql.SQL("select {} from {}{}").format(sql.SQL(", ").join(map(sql.Identifier, names)),
+                                                    sql.Identifier(table), where)
+        if "order" in params:
+            terms = []
+            for term in params["order"].split(","):
+                col, _, direction = term.partition(".")
+                self._check([col], cols, table)
+                terms.append(sql.SQL("{} {}").format(sql.Identifier(col), sql.SQL("desc" if direction.startswith(
+                    "desc") else "asc")))
+            query += sql.SQL(" order by ") + sql.SQL(", ").join(terms)
+        if "limit" in params:
+            query += sql.SQL(" limit {}").format(sql.Literal(int(params["limit"])))
+        if "offset" in params:
+            query += sql.SQL(" offset {}").format(sql.Literal(int(params["offset"])))
+        rows = await self._json(conn, query, args)
+        return httpx.Response(200, json=rows, headers={"content-range": f"0-{max(len(rows) - 1, 0)}/*"})
+
+    async def _insert(self, conn, table, params, prefer, body, cols) -> httpx.Response:
+        rows = body if isinstance(body, list) else [body]
+        # PostgREST accepts quoted identifiers in `columns` (postgrest-py quotes them)
+        names = [c.strip().strip('"') for c in params["columns"].split(",")] if "columns" in params else list(rows[0])
+        self._check(names, cols, table)
+        t = sql.Identifier(table)
+        col_list = sql.SQL(", ").join(map(sql.Identifier, names))
+        if prefer.get("missing") == "default":
+            raise PostgrestError(400, "TEST0", "this test adapter does not implement Prefer: missing=default")
+        # a key a row lacks comes out of json_populate_recordset as NULL, as in PostgREST
+        source = sql.SQL("select {} from json_populate_recordset(null::{}, %s::json)").format(col_list, t)
+        query = sql.SQL("insert into {} ({}) ").format(t, col_list) + source
+        conflict = params.get("on_conflict")
+        resolution = prefer.get("resolution")
+        if resolution and conflict:
+            keys = self._check(conflict.split(","), cols, table)
+            target = sql.SQL(", ").join(map(sql.Identifier, keys))
+            updates = [n for n in names if n not in keys]
+            if resolution == "ignore-duplicates" or not updates:
+                query += sql.SQL(" on conflict ({}) do nothing").format(target)
+            else:
+                query += sql.SQL(" on conflict ({}) do update set {}").format(target, sql.SQL(", ").join(
+                    sql.SQL("{0} = excluded.{0}").format(sql.Identifier(n)) for n in updates))
+        return await self._write(conn, query, [json.dumps(rows)], prefer, 201)
+
+    async def _update(self, conn, table, params, prefer, body, cols) -> httpx.Response:
+        names = self._check(list(body), cols, table)
+        where, args = self._where(params, cols, table)
+        col_list = sql.SQL(", ").join(map(sql.Identifier, names))
+        query = sql.SQL("update {t} set ({c}) = (select {c} from json_populate_record(null::{t}, %s::json)){w}").format(
+            t=sql.Identifier(table), c=col_list, w=where)
+        return await self._write(conn, query, [json.dumps(body), *args], prefer, 204)
+
+    async def _write(self, conn, query, args, prefer, minimal_status: int) -> httpx.Response:
+        if prefer.get("return") == "representation":
+            rows = await self._json(conn, query + sql.SQL(" returning *"), args)
+            return httpx.Response(200 if minimal_status == 204 else 201, json=rows)
+        await conn.execute(query, args)
+        return httpx.Response(minimal_status)
