@@ -112,7 +112,8 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
     def _check(names: list[str], cols: list[str], table: str) -> list[str]:
         for n in names:
             if n not in cols:
-                raise PostgrestError(400, "PGRST204", f"Could not find the '{n}' column of '{table}' in the schema cache")
+                raise PostgrestError(400, "PGRST204",
+                                     f"Could not find the '{n}' column of '{table}' in the schema cache")
         return names
 
     def _where(self, params: dict[str, str], cols: list[str], table: str) -> tuple[sql.Composable, list[Any]]:
