@@ -50,18 +50,18 @@ async def main() -> None:
         url = cluster.url
     try:
         print(f"{args.rows} rows per run, written chunk after chunk into PostgreSQL")
-        print(f"{'backend':<34}{'chunk':>7}{'rows/s':>10}")
+        print(f"{'backend':<40}{'chunk':>7}{'rows/s':>10}")
         for chunk in (10, 100):
             pgs = PostgresStore(url, timeout_s=30)
             rate = await measure(pgs, f"bench-pg-{chunk}", args.rows, chunk)
             await pgs.close()
-            print(f"{'postgres (psycopg pool)':<34}{chunk:>7}{rate:>10.0f}")
+            print(f"{'postgres (psycopg pool)':<40}{chunk:>7}{rate:>10.0f}")
             transport = PostgrestTransport(url, SERVICE_KEY)
             sb = SupabaseStore("http://supabase.test", SERVICE_KEY, transport=transport, timeout_s=30)
             rate = await measure(sb, f"bench-sb-{chunk}", args.rows, chunk)
             await sb.close()
             await transport.aclose()
-            print(f"{'supabase (supabase-py, test transport)':<34}{chunk:>7}{rate:>10.0f}")
+            print(f"{'supabase (supabase-py, test transport)':<40}{chunk:>7}{rate:>10.0f}")
     finally:
         if cluster is not None:
             cluster.destroy()
