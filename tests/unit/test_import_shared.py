@@ -11,6 +11,7 @@ class Block:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
 import shared, shared.cli, shared.inputs, shared.prepare, shared.openai_batch, shared.output, shared.settings
+import shared.stores.sqlite, shared.stores.postgres, shared.stores.supabase
 import handler.runner, handler.progress
 assert not {'vllm', 'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)
 print('ok')
