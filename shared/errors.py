@@ -5,8 +5,10 @@
     ├── InputError          job-level input that cannot run; carries every Issue found
     ├── EngineError         the engine could not serve a request
     │   └── EngineDeadError the engine is gone: the job fails, with this as its reason
-    └── StoreError          the store refused a call (a bug or a schema mismatch: not retried)
-        └── StoreUnavailable the store could not be reached in time (retried with backoff)
+    ├── StoreError          the store refused a call (a bug or a schema mismatch: not retried)
+    │   └── StoreUnavailable the store could not be reached in time (retried with backoff)
+    └── QueueError          the queue refused a call (a wrong token, a bad command)
+        └── QueueUnavailable the queue could not be reached in time
 
 Per-item failures are not exceptions in results: they become `Result(status="error",
 error=ItemError(code, message))`. Inside the engine adapter an `ItemFailure` carries one
@@ -102,6 +104,14 @@ class StoreError(LLMJobsError):
 
 class StoreUnavailable(StoreError):
     """The store could not be reached or timed out; safe to retry (every write is idempotent)."""
+
+
+class QueueError(LLMJobsError):
+    """The queue refused a call."""
+
+
+class QueueUnavailable(QueueError):
+    """The queue could not be reached or timed out."""
 
 
 class ItemFailure(Exception):

@@ -92,6 +92,27 @@ class Settings(BaseSettings):
     store_retry_s: float = Field(default=60, gt=0)
     store_pool_size: int = Field(default=4, ge=1)
 
+    # ## The queue (Upstash Redis over REST)
+    upstash_redis_rest_url: str | None = None
+    #: never logged
+    upstash_redis_rest_token: SecretStr | None = None
+    #: key prefix, so several deployments can share one database
+    queue_prefix: str = "llmjobs"
+    #: seconds one queue call may take (the Upstash SDK has no timeout of its own)
+    queue_timeout_s: float = Field(default=5, gt=0)
+    #: how long a job document (and its idempotency) lives in the queue's database
+    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    #: a worker's lease on a job; it heartbeats every third of it
+    lease_s: float = Field(default=120, gt=1)
+    #: deliveries before a job goes to the dead-letter list
+    max_attempts: int = Field(default=3, ge=1)
+    #: first retry delay; doubles each attempt, up to retry_backoff_max_s
+    retry_backoff_s: float = Field(default=10, ge=0)
+    retry_backoff_max_s: float = Field(default=600, ge=0)
+    #: progress events kept per job (a capped stream), and for how long after the job ends
+    events_maxlen: int = Field(default=1000, ge=10)
+    events_ttl_s: int = Field(default=24 * 3600, ge=60)
+
     # ## Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -100,7 +121,7 @@ class Settings(BaseSettings):
     def _expand_home(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v else v
 
-    @field_validator("supabase_url", mode="after")
+    @field_validator("supabase_url", "upstash_redis_rest_url", mode="after")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
         return v.rstrip("/") if v else v
