@@ -92,8 +92,14 @@ async def run_job(
     chunk_size: int | None = None,
     chunk_interval_s: float | None = None,
     store_retry_s: float = 60.0,
+    close_status: Callable[[], JobStatus] = lambda: JobStatus.cancelled,
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[ChunkEvent | FinalEvent]:
+    """Run `job` on `engine`; see the module docstring.
+
+    `close_status` is what a closed or cancelled run records: `cancelled` unless the caller says
+    otherwise (a worker handing a job back on SIGTERM records `queued`).
+    """
     size = job.chunk_size or chunk_size or DEFAULT_CHUNK_SIZE
     interval = job.chunk_interval_s or chunk_interval_s or DEFAULT_CHUNK_INTERVAL_S
     builder = RequestBuilder(job, limits, engine.served_models, any_model=any_model)
@@ -165,7 +171,8 @@ async def run_job(
         dead = f"store refused a write, stopped: {e}"
     except (asyncio.CancelledError, GeneratorExit):
         await _stop(workers)
-        await _finish(store, job.id, JobStatus.cancelled, tracker.summary("cancelled"), store_retry_s)
+        status = close_status()
+        await _finish(store, job.id, status, tracker.summary(status.value), store_retry_s)
         raise
     finally:
         await _stop(workers)

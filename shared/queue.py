@@ -84,7 +84,8 @@ redis.call('HSET', KEYS[2], 'state', 'done')
 return 1
 """
 
-# KEYS: processing, meta, delayed, dead   ARGV: id, worker, error, max_attempts, base_ms, max_ms, release, prefix
+# KEYS: processing, meta, delayed, dead
+# ARGV: id, worker, error, max_attempts, base_ms, max_ms, release, prefix, dead_now
 # returns 0: not ours; 1: will retry (or released); 2: dead-lettered
 _NACK = _NOW + """
 if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] or redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
@@ -98,7 +99,7 @@ if ARGV[7] == '1' then
 end
 local attempts = tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0')
 redis.call('HSET', KEYS[2], 'last_error', ARGV[3])
-if attempts >= tonumber(ARGV[4]) then
+if attempts >= tonumber(ARGV[4]) or ARGV[9] == '1' then
   redis.call('HSET', KEYS[2], 'state', 'dead')
   redis.call('LPUSH', KEYS[4], ARGV[1])
   return 2
@@ -258,15 +259,18 @@ class JobQueue:
         return bool(await self._eval("ack", _ACK, [self._k("processing"), self._k("meta", lease.job.id)],
                                      [lease.job.id, lease.worker_id]))
 
-    async def nack(self, lease: Lease, error: str, *, release: bool = False) -> Literal["retry", "dead", "lost"]:
+    async def nack(self, lease: Lease, error: str, *, release: bool = False,
+                   dead_letter: bool = False) -> Literal["retry", "dead", "lost"]:
         """Give the job back: retried with backoff, or dead-lettered after MAX_ATTEMPTS.
 
-        `release=True` hands it straight back without using up an attempt (a worker shutting down).
+        `release=True` hands it straight back without using up an attempt (a worker shutting down);
+        `dead_letter=True` dead-letters it now (a job that can never run).
         """
         code = await self._eval("nack", _NACK, [self._k("processing"), self._k("meta", lease.job.id),
                                 self._k("delayed"), self._k("dead")],
                                 [lease.job.id, lease.worker_id, error[:2000], self.max_attempts,
-                                 self.retry_backoff_ms, self.retry_backoff_max_ms, int(release), self.p])
+                                 self.retry_backoff_ms, self.retry_backoff_max_ms, int(release), self.p,
+                                 int(dead_letter)])
         return {0: "lost", 1: "retry", 2: "dead"}[int(code)]
 
     async def reap(self) -> tuple[int, int]:

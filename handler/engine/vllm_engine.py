@@ -123,6 +123,11 @@ class VLLMEngine:
             gc.collect()
 
     @property
+    def alive(self) -> bool:
+        """False once the engine has died (a worker then stops taking jobs)."""
+        return self._llm is not None and not self._llm.errored
+
+    @property
     def in_flight(self) -> int:
         """Requests the engine still holds (0 after a cancelled job has been aborted)."""
         return self._llm.output_processor.get_num_unfinished_requests() if self._llm else 0

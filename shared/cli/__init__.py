@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from shared.cli.queue_cmds import queue_app, submit, watch, worker
 from shared.cli.read import results, status
 from shared.cli.run import run
 from shared.cli.validate import validate
@@ -21,6 +22,10 @@ app.command(help="Run a job file through the engine and write every result.")(ru
 app.command(help="Check a job file without running it.")(validate)
 app.command(help="Show a job's status and counters from the store.")(status)
 app.command(help="Print or save a job's stored results.")(results)
+app.command(help="Validate a job and put it on the queue; prints its id.")(submit)
+app.command(help="Follow a queued job's progress until it ends.")(watch)
+app.command(help="Run jobs from the queue on one engine.")(worker)
+app.add_typer(queue_app, name="queue")
 
 
 def main() -> None:

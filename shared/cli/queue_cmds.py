@@ -1,0 +1,195 @@
+"""`llm-jobs submit | watch | worker | queue ...`: the Upstash queue from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared.cli.common import EXIT_ITEMS_FAILED, EXIT_JOB_FAILED, EXIT_OK, err, job_options, load, setup_logging
+from shared.errors import QueueError
+from shared.queue import JobQueue
+from shared.settings import Settings, get_settings
+
+queue_app = typer.Typer(help="Inspect and repair the job queue.", no_args_is_help=True)
+
+
+def _queue(settings: Settings) -> JobQueue:
+    try:
+        return JobQueue.from_settings(settings)
+    except QueueError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(EXIT_JOB_FAILED) from e
+
+
+def _run(coro):
+    try:
+        return asyncio.run(coro)
+    except QueueError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(EXIT_JOB_FAILED) from e
+
+
+def submit(
+    input: Annotated[Path, typer.Argument(help="Job JSON, items JSONL or OpenAI Batch JSONL.", exists=True,
+                                          dir_okay=False)],
+    priority: Annotated[Literal["high", "default"], typer.Option(help="Queue to use.")] = "default",
+    job_id: Annotated[str | None, typer.Option(help="Job id (the idempotency key).")] = None,
+    template: Annotated[Path | None, typer.Option(help="Jinja2 template file over item fields.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    schema: Annotated[Path | None, typer.Option(help="JSON schema file: structured output.")] = None,
+    max_tokens: Annotated[int | None, typer.Option()] = None,
+    chunk_size: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    settings = get_settings()
+    opts = job_options(job_id=job_id, template=template, system=system, schema=schema, json_object=False,
+                       max_tokens=max_tokens, temperature=None, top_p=None, seed=None, chunk_size=chunk_size,
+                       chunk_interval=None)
+    job = load(input, settings, opts, any_model=False, strict=False)
+
+    async def go() -> bool:
+        q = _queue(settings)
+        try:
+            return await q.enqueue(job, priority)
+        finally:
+            await q.close()
+
+    added = _run(go())
+    err.print(f"job {job.id}: {job.total} item(s) " + ("queued" if added else "already known: not queued again")
+              + f" ({priority})")
+    print(job.id)
+
+
+def watch(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """Follow a job's events (from its Redis stream) until its final event."""
+    settings = get_settings()
+    final = _run(_watch(_queue(settings), job_id))
+    status, failed = final.get("status"), (final.get("summary") or {}).get("failed", 0)
+    err.print(f"job {job_id}: {status}" + (f", {failed} failed item(s)" if failed else ""))
+    if status != "completed":
+        raise typer.Exit(EXIT_JOB_FAILED)
+    raise typer.Exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)
+
+
+async def _watch(q: JobQueue, job_id: str) -> dict:
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("[red]{task.fields[failed]} failed"), TextColumn("ETA {task.fields[eta]}"),
+                   TimeElapsedColumn(), console=err)
+    after, idle = None, 0.2
+    try:
+        with bar:
+            task = bar.add_task(job_id, total=None, failed=0, eta="?")
+            while True:
+                events = await q.events(job_id, after=after)
+                for ev in events:
+                    after = ev.id
+                    if ev.data.get("type") == "final":
+                        return ev.data
+                    p = ev.data.get("progress") or {}
+                    bar.update(task, total=p.get("total"), completed=p.get("completed", 0) + p.get("failed", 0),
+                               failed=p.get("failed", 0), eta="?" if p.get("eta_s") is None else f"{p['eta_s']:.0f}s")
+                idle = 0.2 if events else min(idle * 2, 2.0)
+                await asyncio.sleep(idle)
+    finally:
+        await q.close()
+
+
+def worker(
+    drain: Annotated[bool, typer.Option(help="Exit when the queue is empty (for Cron).")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once on the one engine.")] = 2,
+    lease_s: Annotated[float | None, typer.Option(help="Lease seconds [default: LEASE_S].")] = None,
+    worker_id: Annotated[str | None, typer.Option(help="[default: host-pid]")] = None,
+) -> None:
+    """Boot the engine once, then take jobs from the queue and run them into the store."""
+    settings = get_settings()
+    setup_logging(settings)
+    stats = asyncio.run(_work(settings, drain=drain, concurrency=concurrency, lease_s=lease_s or settings.lease_s,
+                              worker_id=worker_id))
+    raise typer.Exit(EXIT_JOB_FAILED if stats is None else EXIT_OK)
+
+
+async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: float, worker_id: str | None):
+    from handler.engine.vllm_engine import VLLMEngine
+    from handler.worker import Worker
+    from shared.prepare import Limits
+    from shared.stores import open_store
+
+    q = _queue(settings)
+    store = open_store(settings)
+    engine = await VLLMEngine.start(settings)
+    w = Worker(engine, q, store, worker_id=worker_id, concurrency=concurrency, lease_s=lease_s, drain=drain,
+               limits=Limits.from_settings(settings), store_retry_s=settings.store_retry_s)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, w.stop)
+    try:
+        stats = await w.run()
+    finally:
+        await store.close()
+        await q.close()
+        await engine.close()
+    return None if w.engine_dead else stats
+
+
+@queue_app.command("stats")
+def queue_stats() -> None:
+    """Counts: queued (per priority), running, retrying, dead."""
+    async def go():
+        q = _queue(get_settings())
+        try:
+            return await q.stats()
+        finally:
+            await q.close()
+
+    table = Table(show_header=False)
+    for k, v in _run(go()).items():
+        table.add_row(k, str(v))
+    err.print(table)
+
+
+@queue_app.command("ls")
+def queue_ls() -> None:
+    """Job ids by state, the next to run first."""
+    async def go():
+        q = _queue(get_settings())
+        try:
+            return await q.list()
+        finally:
+            await q.close()
+
+    print(json.dumps(_run(go()), indent=2))
+
+
+@queue_app.command("dead")
+def queue_dead() -> None:
+    """Dead-lettered jobs with their attempts and last error."""
+    async def go():
+        q = _queue(get_settings())
+        try:
+            return await q.dead()
+        finally:
+            await q.close()
+
+    print(json.dumps(_run(go()), indent=2))
+
+
+@queue_app.command("requeue")
+def queue_requeue(job_id: Annotated[str, typer.Argument(help="A dead-lettered job id.")]) -> None:
+    """Put a dead-lettered job back on its queue with fresh attempts."""
+    async def go():
+        q = _queue(get_settings())
+        try:
+            return await q.requeue(job_id)
+        finally:
+            await q.close()
+
+    if not _run(go()):
+        err.print(f"[bold red]{job_id} is not in the dead-letter list[/]")
+        raise typer.Exit(EXIT_JOB_FAILED)
+    err.print(f"{job_id} requeued")

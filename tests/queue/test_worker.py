@@ -1,0 +1,105 @@
+"""The drain worker with the real queue (upstash-redis -> adapter -> redis-server), a real SQLite
+store and the fake engine. tests/integration/test_worker_faults.py repeats the faults on the
+real engine with Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+
+from handler.worker import Worker
+from shared.errors import EngineDeadError
+from shared.models import JobStatus
+from shared.stores.sqlite import SQLiteStore
+from tests.conftest import make_job
+from tests.fakes import FakeEngine
+
+
+def make_worker(engine, queue, store, **kw) -> Worker:
+    return Worker(engine, queue, store, poll_min_s=0.05, poll_max_s=0.2, lease_s=kw.pop("lease_s", 5), **kw)
+
+
+async def test_drain_runs_every_job_then_exits(queue, tmp_path):
+    store = SQLiteStore(tmp_path / "jobs.db")
+    for i in range(3):
+        await queue.enqueue(make_job(7, id=f"j{i}"))
+    stats = await make_worker(FakeEngine(), queue, store, drain=True, concurrency=2).run()
+    assert stats.done == 3
+    for i in range(3):
+        rec = await store.get_job(f"j{i}")
+        assert (rec.status, rec.completed) == (JobStatus.completed, 7)
+        events = await queue.events(f"j{i}")
+        assert events[-1].data["type"] == "final" and events[-1].data["status"] == "completed"
+        assert sum(len(e.data.get("results", [])) for e in events) == 7
+    assert (await queue.stats())["running"] == 0
+    await store.close()
+
+
+async def test_cancel_is_observed_at_the_next_chunk(queue, tmp_path):
+    store = SQLiteStore(tmp_path / "jobs.db")
+    await queue.enqueue(make_job(50, id="long", chunk_size=1))
+    engine = FakeEngine(capacity=1, delay=lambda r: 0.05)
+    worker = make_worker(engine, queue, store, drain=True)
+    task = asyncio.create_task(worker.run())
+    while not await queue.events("long"):
+        await asyncio.sleep(0.02)
+    await queue.cancel("long")
+    stats = await task
+    assert stats.cancelled == 1 and len(engine.started) < 50
+    rec = await store.get_job("long")
+    assert rec.status == JobStatus.cancelled and rec.completed < 50
+    assert (await queue.events("long", count=1000))[-1].data["status"] == "cancelled"
+    assert await queue.reserve("w", 5) is None  # acked: not retried
+    await store.close()
+
+
+class DyingEngine(FakeEngine):
+    """Engine work for this job raises every time; the engine itself stays alive."""
+
+    alive = True
+
+    async def complete(self, request):
+        raise EngineDeadError("CUDA error: an illegal memory access was encountered")
+
+
+async def test_a_job_that_always_fails_is_dead_lettered_after_max_attempts(queue, tmp_path):
+    store = SQLiteStore(tmp_path / "jobs.db")
+    await queue.enqueue(make_job(3, id="poison"))
+    stats = await make_worker(DyingEngine(), queue, store, drain=True, store_retry_s=1).run()
+    assert stats.failed == 3 and stats.dead_lettered == 1
+    (dead,) = await queue.dead()
+    assert dead["id"] == "poison" and "illegal memory access" in dead["last_error"] and dead["attempts"] == "3"
+    rec = await store.get_job("poison")
+    assert rec.status == JobStatus.failed and "illegal memory access" in rec.error
+    await store.close()
+
+
+async def test_an_invalid_job_is_dead_lettered_at_once(queue, tmp_path):
+    store = SQLiteStore(tmp_path / "jobs.db")
+    await queue.enqueue(make_job(2, id="wrong-model", model="gpt-9"))
+    stats = await make_worker(FakeEngine(), queue, store, drain=True).run()
+    assert stats.dead_lettered == 1 and stats.failed == 0
+    (dead,) = await queue.dead()
+    assert dead["attempts"] == "1" and "gpt-9" in dead["last_error"]
+    await store.close()
+
+
+async def test_stop_hands_the_job_back_and_another_worker_resumes_it(queue, tmp_path):
+    store = SQLiteStore(tmp_path / "jobs.db")
+    await queue.enqueue(make_job(40, id="handoff", chunk_size=2))
+    first_engine = FakeEngine(capacity=2, delay=lambda r: 0.02)
+    first = make_worker(first_engine, queue, store, lease_s=60)
+    task = asyncio.create_task(first.run())
+    while len(await store.done_ids("handoff")) < 6:
+        await asyncio.sleep(0.02)
+    first.stop()
+    stats = await asyncio.wait_for(task, 5)
+    assert stats.released == 1
+    assert (await store.get_job("handoff")).status == JobStatus.queued
+    stored = await store.done_ids("handoff")
+    second_engine = FakeEngine()
+    stats = await make_worker(second_engine, queue, store, drain=True, lease_s=60).run()
+    assert stats.done == 1  # picked up at once: no lease to wait out
+    assert not set(second_engine.started) & set(stored)
+    rec = await store.get_job("handoff")
+    assert (rec.status, rec.completed) == (JobStatus.completed, 40)
+    await store.close()
