@@ -4,6 +4,7 @@ import pytest
 import pytest_asyncio
 
 from shared.models import Item, Job
+from shared.queue import JobQueue
 
 #: a JWT-shaped service key for the PostgREST adapter (supabase-py checks the shape)
 SERVICE_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.dGVzdC1zaWduYXR1cmU"
@@ -64,3 +65,40 @@ async def store(request, tmp_path):
     await s.close()
     if transport is not None:
         await transport.aclose()
+
+
+# ## The queue: a real redis-server behind the Upstash REST adapter
+
+UPSTASH_TOKEN = "test-upstash-token"
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    from tests.support.upstash import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstash(redis_server):
+    from tests.support.upstash import UpstashAdapter
+
+    adapter = UpstashAdapter(redis_server.url, UPSTASH_TOKEN).start()
+    yield adapter
+    adapter.stop()
+
+
+def make_queue(upstash, **kw) -> JobQueue:
+    # the trailing slash is on purpose: the queue must strip it
+    return JobQueue.connect(upstash.url + "/", kw.pop("token", UPSTASH_TOKEN),
+                            **{"retry_backoff_s": 0.2, "retry_backoff_max_s": 1, **kw})
+
+
+@pytest_asyncio.fixture
+async def queue(redis_server, upstash):
+    redis_server.flush()
+    q = make_queue(upstash)
+    yield q
+    await q.close()

@@ -7,8 +7,7 @@ import asyncio
 import pytest
 
 from shared.errors import QueueError
-from tests.conftest import make_job
-from tests.queue.conftest import make_queue
+from tests.conftest import make_job, make_queue
 
 
 async def test_enqueue_is_idempotent_on_job_id(queue):
