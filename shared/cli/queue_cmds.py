@@ -179,6 +179,21 @@ def queue_dead() -> None:
     print(json.dumps(_run(go()), indent=2))
 
 
+@queue_app.command("cancel")
+def queue_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """Cancel a job: if queued it never runs; if running it stops at its next chunk."""
+    async def go():
+        q = _queue(get_settings())
+        try:
+            return await q.cancel(job_id)
+        finally:
+            await q.close()
+
+    waiting = _run(go())
+    err.print(f"{job_id}: " + ("removed from the queue" if waiting else "cancel flagged; a running worker stops "
+                               "it at its next chunk"))
+
+
 @queue_app.command("requeue")
 def queue_requeue(job_id: Annotated[str, typer.Argument(help="A dead-lettered job id.")]) -> None:
     """Put a dead-lettered job back on its queue with fresh attempts."""

@@ -24,7 +24,7 @@ from shared.models import ChunkEvent, FinalEvent, Job, JobStatus
 from shared.output import ResultWriter
 from shared.prepare import Limits
 from shared.settings import Settings, get_settings
-from shared.stores import describe_store, open_store
+from shared.stores import Store, describe_store, open_store
 
 
 def run(
@@ -82,12 +82,17 @@ async def _run(job: Job, settings: Settings, out: Path, fmt: Literal["ours", "op
     err.print(f"job [bold]{job.id}[/]: {job.total} item(s); results to {out} and {describe_store(settings)}")
     with err.status(f"booting the engine ({settings.model_name or 'embedded SmolLM2-135M-Instruct'})..."):
         engine = await VLLMEngine.start(settings)
-    writer: ResultWriter | None = None
+    writer = ResultWriter(out, fmt, job_id=job.id, model=engine.model_name)
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("[red]{task.fields[failed]} failed"), TextColumn("{task.fields[rate]:.2f} items/s"),
                    TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(), console=err)
     final: FinalEvent | None = None
     try:
+        # The output always holds every result of the job: on a re-run, what the store already
+        # has goes in first, then the new results as they arrive.
+        stored = await _copy_stored(store, job.id, writer)
+        if stored:
+            err.print(f"resuming: {stored} result(s) already stored were copied to {out}; they are not recomputed")
         with bar:
             task = bar.add_task(job.id, total=job.total, failed=0, rate=0.0, eta="?")
             async for event in run_job(job, engine, store=store, limits=Limits.from_settings(settings),
@@ -95,9 +100,6 @@ async def _run(job: Job, settings: Settings, out: Path, fmt: Literal["ours", "op
                                        chunk_interval_s=settings.default_chunk_interval_s,
                                        store_retry_s=settings.store_retry_s):
                 if isinstance(event, ChunkEvent):
-                    if writer is None:  # a resumed run appends to what the earlier run wrote
-                        writer = ResultWriter(out, fmt, job_id=job.id, model=engine.model_name,
-                                              append=event.progress.skipped > 0)
                     await asyncio.to_thread(writer.write, event.results)
                     p = event.progress
                     bar.update(task, completed=p.completed + p.failed, failed=p.failed, rate=p.items_per_s,
@@ -105,12 +107,20 @@ async def _run(job: Job, settings: Settings, out: Path, fmt: Literal["ours", "op
                 else:
                     final = event
     finally:
-        if writer is not None:
-            writer.close()
+        writer.close()
         await store.close()
         await engine.close()
     assert final is not None
     return final
+
+
+async def _copy_stored(store: Store, job_id: str, writer: ResultWriter) -> int:
+    n, after = 0, None
+    while page := await store.results(job_id, after=after, limit=1000):
+        await asyncio.to_thread(writer.write, page)
+        n += len(page)
+        after = page[-1].custom_id
+    return n
 
 
 def _show_summary(final: FinalEvent, out: Path) -> None:
