@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -17,6 +18,7 @@ from shared.errors import QueueError
 from shared.queue import JobQueue
 from shared.settings import Settings, get_settings
 
+T = TypeVar("T")
 queue_app = typer.Typer(help="Inspect and repair the job queue.", no_args_is_help=True)
 
 
@@ -36,6 +38,18 @@ def _run(coro):
         raise typer.Exit(EXIT_JOB_FAILED) from e
 
 
+def _on_queue(call: Callable[[JobQueue], Awaitable[T]], settings: Settings | None = None) -> T:
+    """Open the queue, make one call, close it; a queue error exits with its message."""
+    async def go() -> T:
+        q = _queue(settings or get_settings())
+        try:
+            return await call(q)
+        finally:
+            await q.close()
+
+    return _run(go())
+
+
 def submit(
     input: Annotated[Path, typer.Argument(help="Job JSON, items JSONL or OpenAI Batch JSONL.", exists=True,
                                           dir_okay=False)],
@@ -53,14 +67,7 @@ def submit(
                        chunk_interval=None)
     job = load(input, settings, opts, any_model=False, strict=False)
 
-    async def go() -> bool:
-        q = _queue(settings)
-        try:
-            return await q.enqueue(job, priority)
-        finally:
-            await q.close()
-
-    added = _run(go())
+    added = _on_queue(lambda q: q.enqueue(job, priority), settings)
     err.print(f"job {job.id}: {job.total} item(s) " + ("queued" if added else "already known: not queued again")
               + f" ({priority})")
     print(job.id)
@@ -140,15 +147,8 @@ async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: f
 @queue_app.command("stats")
 def queue_stats() -> None:
     """Counts: queued (per priority), running, retrying, dead."""
-    async def go():
-        q = _queue(get_settings())
-        try:
-            return await q.stats()
-        finally:
-            await q.close()
-
     table = Table(show_header=False)
-    for k, v in _run(go()).items():
+    for k, v in _on_queue(lambda q: q.stats()).items():
         table.add_row(k, str(v))
     err.print(table)
 
@@ -156,40 +156,19 @@ def queue_stats() -> None:
 @queue_app.command("ls")
 def queue_ls() -> None:
     """Job ids by state, the next to run first."""
-    async def go():
-        q = _queue(get_settings())
-        try:
-            return await q.list()
-        finally:
-            await q.close()
-
-    print(json.dumps(_run(go()), indent=2))
+    print(json.dumps(_on_queue(lambda q: q.list()), indent=2))
 
 
 @queue_app.command("dead")
 def queue_dead() -> None:
     """Dead-lettered jobs with their attempts and last error."""
-    async def go():
-        q = _queue(get_settings())
-        try:
-            return await q.dead()
-        finally:
-            await q.close()
-
-    print(json.dumps(_run(go()), indent=2))
+    print(json.dumps(_on_queue(lambda q: q.dead()), indent=2))
 
 
 @queue_app.command("cancel")
 def queue_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
     """Cancel a job: if queued it never runs; if running it stops at its next chunk."""
-    async def go():
-        q = _queue(get_settings())
-        try:
-            return await q.cancel(job_id)
-        finally:
-            await q.close()
-
-    waiting = _run(go())
+    waiting = _on_queue(lambda q: q.cancel(job_id))
     err.print(f"{job_id}: " + ("removed from the queue" if waiting else "cancel flagged; a running worker stops "
                                "it at its next chunk"))
 
@@ -197,14 +176,7 @@ def queue_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> 
 @queue_app.command("requeue")
 def queue_requeue(job_id: Annotated[str, typer.Argument(help="A dead-lettered job id.")]) -> None:
     """Put a dead-lettered job back on its queue with fresh attempts."""
-    async def go():
-        q = _queue(get_settings())
-        try:
-            return await q.requeue(job_id)
-        finally:
-            await q.close()
-
-    if not _run(go()):
+    if not _on_queue(lambda q: q.requeue(job_id)):
         err.print(f"[bold red]{job_id} is not in the dead-letter list[/]")
         raise typer.Exit(EXIT_JOB_FAILED)
     err.print(f"{job_id} requeued")
