@@ -171,6 +171,8 @@ class Worker:
         return None
 
     async def _settle(self, lease: Lease, final: FinalEvent | None, stop: str | None) -> None:
+        if self.stopping and stop is None and (final is None or final.status == JobStatus.failed):
+            stop = "released"  # e.g. Ctrl-C reached the engine's processes too: not the job's fault
         try:
             if stop == "released":
                 await self.queue.nack(lease, "worker stopped", release=True)

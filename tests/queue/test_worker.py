@@ -103,3 +103,26 @@ async def test_stop_hands_the_job_back_and_another_worker_resumes_it(queue, tmp_
     rec = await store.get_job("handoff")
     assert (rec.status, rec.completed) == (JobStatus.completed, 40)
     await store.close()
+
+
+async def test_an_engine_killed_by_the_same_signal_hands_the_job_back(queue, tmp_path):
+    # Ctrl-C reaches vLLM's engine processes too: the job fails, but it is not the job's fault
+    store = SQLiteStore(tmp_path / "jobs.db")
+    await queue.enqueue(make_job(4, id="ctrl-c"))
+    started = asyncio.Event()
+
+    class DiesOnStop(FakeEngine):
+        async def complete(self, request):
+            started.set()
+            await asyncio.sleep(0.3)
+            raise EngineDeadError("EngineCore encountered an issue")
+
+    worker = make_worker(DiesOnStop(), queue, store, lease_s=60)
+    task = asyncio.create_task(worker.run())
+    await started.wait()
+    worker.stop()
+    stats = await asyncio.wait_for(task, 5)
+    assert (stats.released, stats.failed) == (1, 0)
+    lease = await queue.reserve("next", 30)
+    assert lease.job.id == "ctrl-c" and lease.attempt == 1
+    await store.close()
