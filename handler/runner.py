@@ -39,6 +39,15 @@ class _Dead:
         self.reason = reason
 
 
+class _Stop:
+    """Put on the results queue when the caller asks the run to stop (a worker's SIGTERM)."""
+
+
+async def _on_stop(stop: asyncio.Event, queue: asyncio.Queue[Result | _Dead | _Stop]) -> None:
+    await stop.wait()
+    queue.put_nowait(_Stop())
+
+
 async def _run_item(engine: Engine, builder: RequestBuilder, item: Item) -> Result:
     started = time.perf_counter()
     try:
@@ -60,7 +69,7 @@ async def _run_item(engine: Engine, builder: RequestBuilder, item: Item) -> Resu
 
 
 async def _worker(engine: Engine, builder: RequestBuilder, items: Iterator[Item],
-                  out: asyncio.Queue[Result | _Dead]) -> None:
+                  out: asyncio.Queue[Result | _Dead | _Stop]) -> None:
     for item in items:  # the iterator is shared: each worker takes the next item
         try:
             out.put_nowait(await _run_item(engine, builder, item))
@@ -93,12 +102,15 @@ async def run_job(
     chunk_interval_s: float | None = None,
     store_retry_s: float = 60.0,
     close_status: Callable[[], JobStatus] = lambda: JobStatus.cancelled,
+    stop: asyncio.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[ChunkEvent | FinalEvent]:
     """Run `job` on `engine`; see the module docstring.
 
     `close_status` is what a closed or cancelled run records: `cancelled` unless the caller says
-    otherwise (a worker handing a job back on SIGTERM records `queued`).
+    otherwise. When `stop` is set, the run stops at once: requests in flight are aborted, the
+    results already in are stored and yielded, and the final event says `queued` (the job can
+    be resumed by anyone).
     """
     size = job.chunk_size or chunk_size or DEFAULT_CHUNK_SIZE
     interval = job.chunk_interval_s or chunk_interval_s or DEFAULT_CHUNK_INTERVAL_S
@@ -118,14 +130,16 @@ async def run_job(
     tracker = ProgressTracker(job.total, skipped_ok=skipped_ok, skipped_failed=len(done) - skipped_ok, clock=clock)
     todo = [i for i in job.items if i.custom_id not in done]
 
-    queue: asyncio.Queue[Result | _Dead] = asyncio.Queue()
+    queue: asyncio.Queue[Result | _Dead | _Stop] = asyncio.Queue()
     buffer: list[Result] = [Result.failure(r.custom_id, r.code, r.describe())
                             for r in job.rejected if r.custom_id not in done]
     items = iter(todo)
     workers = [asyncio.create_task(_worker(engine, builder, items, queue), name=f"{job.id}-w{i}")
                for i in range(min(engine.capacity, len(todo)))]
+    stopper = asyncio.create_task(_on_stop(stop, queue)) if stop is not None else None
     seq = 0
     dead: str | None = None
+    stopped = False
     last_flush = clock()
     pending = len(todo)
 
@@ -140,7 +154,7 @@ async def run_job(
         return ChunkEvent(job_id=job.id, seq=seq, results=results, progress=tracker.snapshot())
 
     try:
-        while pending and dead is None:
+        while pending and dead is None and not stopped:
             while len(buffer) >= size:
                 yield await chunk(buffer[:size])
                 del buffer[:size]
@@ -156,6 +170,9 @@ async def run_job(
             while True:
                 if isinstance(got, _Dead):
                     dead = dead or got.reason
+                elif isinstance(got, _Stop):
+                    stopped = True
+                    await _stop(workers)  # abort what is in flight; keep what is in
                 else:
                     buffer.append(got)
                     pending -= 1
@@ -175,9 +192,14 @@ async def run_job(
         await _finish(store, job.id, status, tracker.summary(status.value), store_retry_s)
         raise
     finally:
+        if stopper is not None:
+            stopper.cancel()
         await _stop(workers)
-    status = JobStatus.failed if dead else JobStatus.completed
-    summary = tracker.summary(dead)
+    if stopped and not dead:
+        status, summary = JobStatus.queued, tracker.summary("stopped; stored results are kept, a re-run resumes")
+    else:
+        status = JobStatus.failed if dead else JobStatus.completed
+        summary = tracker.summary(dead)
     await _finish(store, job.id, status, summary, store_retry_s)
     yield FinalEvent(job_id=job.id, status=status, summary=summary)
 

@@ -8,8 +8,9 @@
 - A job's lease is extended every third of LEASE_S; a lost lease stops the job.
 - A cancelled job stops at its next chunk and is acked; a failed job is nacked (retried with
   backoff, then dead-lettered). An engine that is really dead stops the worker.
-- `stop()` (SIGTERM) takes no new jobs; running jobs stop at their next chunk, record `queued`
-  and are released at once, so another worker resumes them without waiting for the lease.
+- `stop()` (SIGTERM) takes no new jobs; running jobs stop at once (requests in flight are
+  aborted, results already in are stored), record `queued` and are released, so another worker
+  resumes them without waiting for the lease.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class Worker:
         final: FinalEvent | None = None
         stop_reason: str | None = None
         gen = run_job(job, self.engine, store=self.store, limits=self.limits, store_retry_s=self.store_retry_s,
-                      close_status=lambda: JobStatus.queued if stop_reason == "released" else JobStatus.cancelled)
+                      stop=self._stopping)
         try:
             async for event in gen:
                 await self._publish(job.id, event)
@@ -161,8 +162,6 @@ class Worker:
     async def _should_stop(self, job_id: str, lost: asyncio.Event) -> str | None:
         if lost.is_set():
             return "lost"
-        if self.stopping:
-            return "released"
         try:
             if await self.queue.is_cancelled(job_id):
                 return "cancelled"
@@ -171,7 +170,9 @@ class Worker:
         return None
 
     async def _settle(self, lease: Lease, final: FinalEvent | None, stop: str | None) -> None:
-        if self.stopping and stop is None and (final is None or final.status == JobStatus.failed):
+        if final is not None and final.status == JobStatus.queued:
+            stop = "released"  # the runner stopped because this worker is stopping
+        elif self.stopping and stop is None and (final is None or final.status == JobStatus.failed):
             stop = "released"  # e.g. Ctrl-C reached the engine's processes too: not the job's fault
         try:
             if stop == "released":

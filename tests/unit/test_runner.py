@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -163,3 +164,16 @@ def test_progress_counts_resumed_items_but_not_in_the_rate():
 def test_progress_eta_unknown_before_any_result():
     p = ProgressTracker(4, clock=Clock())
     assert p.snapshot().eta_s is None
+
+
+async def test_stop_aborts_in_flight_work_keeps_what_is_in_and_ends_queued():
+    engine = FakeEngine(capacity=4, delay=lambda r: 0.01 if r.custom_id in ("c0", "c1", "c2") else 30)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.3, stop.set)  # c0-c2 are done; c3... are in flight
+    started = time.monotonic()
+    events = await collect(run_job(make_job(20), engine, chunk_size=10, chunk_interval_s=60, stop=stop))
+    assert time.monotonic() - started < 5  # did not wait for the chunk, the interval or the slow items
+    chunks, final = split(events)
+    assert final.status == JobStatus.queued and "re-run resumes" in final.summary.reason
+    assert {r.custom_id for c in chunks for r in c.results} == {"c0", "c1", "c2"}
+    assert engine.in_flight == 0 and len(engine.cancelled) >= 1
