@@ -74,6 +74,10 @@ async def test_sigterm_hands_the_job_back_at_once(pg, upstash, redis_server):
     await asyncio.to_thread(wait_rows, pg, "term-worker", 8, first)
     t0 = time.monotonic()
     os.kill(first.pid, signal.SIGTERM)  # as `docker stop` or a platform's scale-down does: the main process
+    while (await q.stats())["queued_default"] == 0:
+        assert time.monotonic() - t0 < 60, "the job was not handed back"
+        await asyncio.sleep(0.05)
+    released_in = time.monotonic() - t0
     out1, _ = await asyncio.to_thread(first.communicate, timeout=120)
     stopped_in = time.monotonic() - t0
     assert first.returncode == 0, out1[-3000:]
@@ -90,7 +94,8 @@ async def test_sigterm_hands_the_job_back_at_once(pg, upstash, redis_server):
     after = rows(pg, "term-worker")
     assert len(after) == 64 and {k: after[k] for k in before} == before
     counters_match(pg, "term-worker")
-    print(f"\nSIGTERM: the worker stopped {stopped_in:.1f} s after the signal with {len(before)}/64 stored; "
+    print(f"\nSIGTERM: the job was back on the queue {released_in:.2f} s after the signal and the worker exited "
+          f"after {stopped_in:.1f} s (engine shutdown included), with {len(before)}/64 stored; "
           f"the next worker took it at once and finished: rows={len(after)}")
     await q.close()
 
