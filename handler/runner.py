@@ -101,16 +101,16 @@ async def run_job(
     chunk_size: int | None = None,
     chunk_interval_s: float | None = None,
     store_retry_s: float = 60.0,
-    close_status: Callable[[], JobStatus] = lambda: JobStatus.cancelled,
+    close_status: Callable[[], JobStatus | None] = lambda: JobStatus.cancelled,
     stop: asyncio.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[ChunkEvent | FinalEvent]:
     """Run `job` on `engine`; see the module docstring.
 
     `close_status` is what a closed or cancelled run records: `cancelled` unless the caller says
-    otherwise. When `stop` is set, the run stops at once: requests in flight are aborted, the
-    results already in are stored and yielded, and the final event says `queued` (the job can
-    be resumed by anyone).
+    otherwise, or nothing when it returns None. When `stop` is set, the run stops at once:
+    requests in flight are aborted, the results already in are stored and yielded, and the
+    final event says `queued` (the job can be resumed by anyone).
     """
     size = job.chunk_size or chunk_size or DEFAULT_CHUNK_SIZE
     interval = job.chunk_interval_s or chunk_interval_s or DEFAULT_CHUNK_INTERVAL_S
@@ -188,8 +188,9 @@ async def run_job(
         dead = f"store refused a write, stopped: {e}"
     except (asyncio.CancelledError, GeneratorExit):
         await _stop(workers)
-        status = close_status()
-        await _finish(store, job.id, status, tracker.summary(status.value), store_retry_s)
+        closed = close_status()
+        if closed is not None:
+            await _finish(store, job.id, closed, tracker.summary(closed.value), store_retry_s)
         raise
     finally:
         if stopper is not None:

@@ -143,8 +143,10 @@ class Worker:
         beat = asyncio.create_task(self._heartbeat(lease, lost))
         final: FinalEvent | None = None
         stop_reason: str | None = None
+        crash: str | None = None
+        # a lost lease means another worker owns the job now: record nothing over its work
         gen = run_job(job, self.engine, store=self.store, limits=self.limits, store_retry_s=self.store_retry_s,
-                      stop=self._stopping)
+                      stop=self._stopping, close_status=lambda: None if lost.is_set() else JobStatus.cancelled)
         try:
             async for event in gen:
                 await self._publish(job.id, event)
@@ -154,10 +156,14 @@ class Worker:
                     stop_reason = await self._should_stop(job.id, lost)
                     if stop_reason:
                         break
+        except Exception as e:  # a bug must not kill the worker; the job is retried, then dead-lettered
+            crash = f"{type(e).__name__}: {e}"
+            self._log(lease, "crashed: %s", crash, level=logging.ERROR)
+            log.exception("job=%s worker=%s crash", job.id, self.worker_id)
         finally:
             await gen.aclose()
             beat.cancel()
-        await self._settle(lease, final, stop_reason)
+        await self._settle(lease, final, stop_reason, crash)
 
     async def _should_stop(self, job_id: str, lost: asyncio.Event) -> str | None:
         if lost.is_set():
@@ -169,7 +175,8 @@ class Worker:
             log.warning("job=%s worker=%s cancel check failed: %s", job_id, self.worker_id, e)
         return None
 
-    async def _settle(self, lease: Lease, final: FinalEvent | None, stop: str | None) -> None:
+    async def _settle(self, lease: Lease, final: FinalEvent | None, stop: str | None,
+                      crash: str | None = None) -> None:
         if final is not None and final.status == JobStatus.queued:
             stop = "released"  # the runner stopped because this worker is stopping
         elif self.stopping and stop is None and (final is None or final.status == JobStatus.failed):
@@ -187,7 +194,7 @@ class Worker:
                 self.stats.cancelled += 1
                 self._log(lease, "cancelled")
             elif final is None or final.status == JobStatus.failed:
-                reason = (final.summary.reason if final else None) or "failed"
+                reason = crash or (final.summary.reason if final else None) or "failed"
                 outcome = await self.queue.nack(lease, reason)
                 self.stats.failed += 1
                 self.stats.errors.append(reason)

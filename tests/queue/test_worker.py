@@ -126,3 +126,26 @@ async def test_an_engine_killed_by_the_same_signal_hands_the_job_back(queue, tmp
     lease = await queue.reserve("next", 30)
     assert lease.job.id == "ctrl-c" and lease.attempt == 1
     await store.close()
+
+
+async def test_a_worker_that_lost_its_lease_stops_and_records_nothing(queue, redis_server, tmp_path):
+    import redis
+
+    store = SQLiteStore(tmp_path / "jobs.db")
+    await queue.enqueue(make_job(30, id="stolen", chunk_size=1))
+    worker = make_worker(FakeEngine(capacity=1, delay=lambda r: 0.05), queue, store, lease_s=0.6)
+    task = asyncio.create_task(worker.run())
+    while not await store.done_ids("stolen"):
+        await asyncio.sleep(0.02)
+    with redis.Redis.from_url(redis_server.url) as r:  # as if reaped and handed to another worker
+        r.zrem("llmjobs:processing", "stolen")
+    await asyncio.sleep(1.0)  # the next heartbeat (every 0.2 s) finds the lease gone
+    stored = len(await store.done_ids("stolen"))
+    await asyncio.sleep(0.5)
+    assert len(await store.done_ids("stolen")) == stored < 30  # it stopped working on the job
+    worker.stop()
+    stats = await asyncio.wait_for(task, 5)
+    assert (stats.done, stats.failed, stats.cancelled) == (0, 0, 0)
+    rec = await store.get_job("stolen")
+    assert rec.status == JobStatus.running and rec.completed < 30  # left as the new owner will find it
+    await store.close()
