@@ -23,12 +23,11 @@ from shared.models import Item, Job, JobOptions, Rejection
 from shared.prepare import Limits, RequestBuilder
 
 
-def _issues(e: ValidationError, *, index: int | None = None, line: int | None = None,
-            prefix: str = "") -> list[Issue]:
+def _issues(e: ValidationError, *, index: int | None = None, line: int | None = None) -> list[Issue]:
     out = []
     for err in e.errors():
         field = ".".join(str(p) for p in err["loc"])
-        out.append(Issue(err["msg"], field=prefix + field if field else prefix.rstrip("."), index=index, line=line))
+        out.append(Issue(err["msg"], field=field, index=index, line=line))
     return out
 
 

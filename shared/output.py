@@ -22,13 +22,13 @@ def result_line(result: Result, fmt: ResultFormat, *, job_id: str, model: str) -
 class ResultWriter:
     """Appends each chunk to a JSONL file and fsyncs it, so a crash keeps every written chunk."""
 
-    def __init__(self, path: Path, fmt: ResultFormat, *, job_id: str, model: str, append: bool = False):
+    def __init__(self, path: Path, fmt: ResultFormat, *, job_id: str, model: str):
         self.path = path
         self.fmt = fmt
         self.job_id = job_id
         self.model = model
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._f: IO[str] = path.open("a" if append else "w", encoding="utf-8")
+        self._f: IO[str] = path.open("w", encoding="utf-8")
 
     def write(self, results: list[Result]) -> None:
         lines = [result_line(r, self.fmt, job_id=self.job_id, model=self.model) for r in results]

@@ -14,11 +14,6 @@ def make_job(n: int, **options) -> Job:
     return Job(items=[Item(custom_id=f"c{i}", prompt=f"prompt {i}") for i in range(n)], **options)
 
 
-@pytest.fixture
-def job_factory():
-    return make_job
-
-
 @pytest.fixture(scope="session")
 def pg():
     """A real PostgreSQL 15 cluster with the migration applied, for the whole session."""
