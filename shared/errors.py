@@ -69,6 +69,10 @@ class Issue:
             parts.append(f"field '{self.field}'")
         return ", ".join(parts)
 
+    def as_dict(self) -> dict[str, object]:
+        return {"message": self.message, "field": self.field, "index": self.index, "line": self.line,
+                "code": str(self.code)}
+
     def __str__(self) -> str:
         where = self.where()
         return f"{where}: {self.message}" if where else self.message

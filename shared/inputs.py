@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from pydantic import ValidationError
 
@@ -52,47 +52,57 @@ def _is_job_document(text: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and "items" in doc else None
 
 
-def parse_job(
-    source: str | Path,
-    *,
-    options: dict[str, Any] | None = None,
-    limits: Limits = Limits(),
-    served_models: frozenset[str] = frozenset(),
-    any_model: bool = False,
-    strict: bool = False,
-) -> Job:
+class Checks(TypedDict, total=False):
+    """How strictly a job is checked; the same for every input form."""
+
+    limits: Limits
+    served_models: frozenset[str]
+    any_model: bool
+    strict: bool
+
+
+def parse_job(source: str | Path, *, options: dict[str, Any] | None = None, **checks: Unpack[Checks]) -> Job:
     """Parse and validate a job file. `options` (CLI flags) override the file's job options."""
     path = Path(source)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError([Issue(f"cannot read {path}: {e}")]) from e
-    return parse_job_text(text, options=options, limits=limits, served_models=served_models,
-                          any_model=any_model, strict=strict)
+    return parse_job_text(text, options=options, **checks)
 
 
-def parse_job_text(
-    text: str,
+def parse_job_text(text: str, *, options: dict[str, Any] | None = None, **checks: Unpack[Checks]) -> Job:
+    doc = _is_job_document(text)
+    if doc is not None:
+        return parse_job_document(doc, options=options, **checks)
+    rows: list[tuple[int | None, Any]] = list(_read_jsonl(text))
+    opts = dict(options or {})
+    openai = any(isinstance(v, dict) and "body" in v and "url" in v for _, v in rows[:1])
+    if openai:
+        opts.setdefault("result_format", "openai")
+    return _parse_rows(rows, opts, **checks)
+
+
+def parse_job_document(doc: Any, *, options: dict[str, Any] | None = None, **checks: Unpack[Checks]) -> Job:
+    """Validate a Job document already decoded from JSON (an API body, a platform's job input)."""
+    if not isinstance(doc, dict):
+        raise InputError([Issue(f"a job must be a JSON object, not {type(doc).__name__}")])
+    doc = dict(doc)
+    raw_items = doc.pop("items", None)
+    if not isinstance(raw_items, list):
+        raise InputError([Issue("must be a list of items", field="items")])
+    return _parse_rows([(None, it) for it in raw_items], {**doc, **(options or {})}, **checks)
+
+
+def _parse_rows(
+    rows: list[tuple[int | None, Any]],
+    opts: dict[str, Any],
     *,
-    options: dict[str, Any] | None = None,
     limits: Limits = Limits(),
     served_models: frozenset[str] = frozenset(),
     any_model: bool = False,
     strict: bool = False,
 ) -> Job:
-    doc = _is_job_document(text)
-    if doc is not None:
-        raw_items = doc.pop("items")
-        if not isinstance(raw_items, list):
-            raise InputError([Issue("must be a list of items", field="items")])
-        rows: list[tuple[int | None, Any]] = [(None, it) for it in raw_items]
-        opts = {**doc, **(options or {})}
-    else:
-        rows = list(_read_jsonl(text))
-        opts = dict(options or {})
-        openai = any(isinstance(v, dict) and "body" in v and "url" in v for _, v in rows[:1])
-        if openai:
-            opts.setdefault("result_format", "openai")
     try:
         job_opts = JobOptions.model_validate(opts)
     except ValidationError as e:

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     hf_home: Path | None = None
     #: never reach the Hugging Face Hub (weights must be cached or local)
     hf_hub_offline: bool = False
+    #: where vLLM keeps its compile cache (VLLM_CACHE_ROOT); put it on a volume so restarts skip compiling
+    vllm_cache_root: Path | None = None
+    #: weights baked into the image (the Dockerfile's MODEL_NAME build argument), loaded with the hub offline
+    baked_model_dir: Path | None = None
     #: where llm-jobs keeps its own files (the converted embedded model)
     cache_dir: Path = Path("~/.cache/llm-jobs").expanduser()
     #: vLLM's own log level (VLLM_LOGGING_LEVEL)
@@ -77,6 +81,8 @@ class Settings(BaseSettings):
     default_chunk_interval_s: float = Field(default=2.0, gt=0)
     #: seconds one item may take before it becomes a `timeout` error
     item_timeout_s: float = Field(default=600, gt=0)
+    #: jobs one worker process runs at once on its single engine (RunPod concurrency, Modal max_inputs)
+    jobs_per_worker: int = Field(default=4, ge=1)
 
     # ## The store (first match wins: Supabase, then DATABASE_URL, then the local SQLite file)
     supabase_url: str | None = None
@@ -113,10 +119,14 @@ class Settings(BaseSettings):
     events_maxlen: int = Field(default=1000, ge=10)
     events_ttl_s: int = Field(default=24 * 3600, ge=60)
 
+    # ## Platforms
+    #: the file a RunPod worker touches while its engine is alive (the Dockerfile's HEALTHCHECK reads it)
+    health_file: Path = Path("/tmp/llm-jobs.health")
+
     # ## Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("cache_dir", "hf_home", "sqlite_path", mode="after")
+    @field_validator("cache_dir", "hf_home", "sqlite_path", "vllm_cache_root", "baked_model_dir", mode="after")
     @classmethod
     def _expand_home(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v else v

@@ -34,11 +34,23 @@ def _apply_process_env(settings: Settings) -> None:
         env["HF_HOME"] = str(settings.hf_home)
     if settings.hf_hub_offline:
         env["HF_HUB_OFFLINE"] = "1"
+    if settings.vllm_cache_root:
+        env["VLLM_CACHE_ROOT"] = str(settings.vllm_cache_root)
     os.environ.update(env)
 
 
 def resolve_model(settings: Settings) -> tuple[str, str]:
-    """(path or repo id to load, served name). Empty MODEL_NAME means the embedded default."""
+    """(path or repo id to load, served name). Empty MODEL_NAME means the embedded default.
+
+    Weights baked into the image (see handler/engine/bake.py) win over the hub, which is then
+    never contacted.
+    """
+    from handler.engine.bake import baked_model
+
+    baked = baked_model(settings.baked_model_dir, settings.model_name)
+    if baked is not None:
+        os.environ.update(HF_HUB_OFFLINE="1")
+        return str(baked), settings.served_model_name or settings.model_name or DEFAULT_MODEL_NAME
     if settings.model_name and settings.model_name != DEFAULT_MODEL_NAME:
         return settings.model_name, settings.served_model_name or settings.model_name
     from handler.engine.default_model import ensure_default_model

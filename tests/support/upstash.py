@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import base64
 import socket
-import threading
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from tests.support.serve import ThreadedServer, free_port
 
 UNAUTHORIZED = {"error": "WRONGPASS invalid or missing auth token"}
 BLOCKING = {"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX", "BLMPOP", "BZMPOP", "WAIT",
@@ -57,11 +57,10 @@ class UpstashAdapter:
     def __init__(self, redis_url: str, token: str):
         self.redis_url = redis_url
         self.token = token
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.commands: list[list[Any]] = []
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
         self._redis: aioredis.Redis | None = None
 
     async def _client(self) -> aioredis.Redis:
@@ -118,27 +117,12 @@ class UpstashAdapter:
         app = Starlette(routes=[Route("/", self.single, methods=["POST"]),
                                 Route("/pipeline", self.pipeline, methods=["POST"]),
                                 Route("/multi-exec", self.multi_exec, methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the Upstash adapter did not start")
-            time.sleep(0.02)
+        self._server = ThreadedServer(app, self.port).start()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+            self._server.stop()
 
 
 class RedisServer:
@@ -153,7 +137,7 @@ class RedisServer:
         if exe is None:
             raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
         self.dir = tempfile.mkdtemp(prefix="llmjobs-redis-")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
                                       "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,

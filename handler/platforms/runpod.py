@@ -1,0 +1,82 @@
+"""The RunPod handler: an async generator the runpod SDK drives, one call per RunPod job.
+
+What it yields, and how RunPod reports it:
+
+- a valid job streams our events: one `chunk` event per stored chunk, then the `final` event.
+  With `return_aggregate_stream`, `/status` ends COMPLETED with the list of every event, and
+  `/stream` shows them as they come. Item errors live inside the results: the job completes.
+- invalid input yields one `{"error": "invalid input: <field>: <message>; ..."}`. The SDK treats
+  a yielded dict with `error` as the job's failure, so `/status` says FAILED with that message
+  (and no traceback, which is what an exception would give).
+- a job that fails (the engine died, the store was unreachable) yields its `final` event, so a
+  `/stream` reader sees the summary, then `{"error": reason}`: FAILED with the reason. The
+  results it stored stay in the store, and a re-run with the same id resumes.
+- a worker-vllm request (`prompt` or `messages` plus `sampling_params`) yields one output in
+  worker-vllm's shape, `{"choices": [{"tokens": [text]}], "usage": {"input", "output"}}`, or
+  `{"error": ...}` if the item failed.
+- RunPod's `/cancel` cancels the task running the generator: requests in flight are aborted and
+  the job is recorded `cancelled`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from handler.service import JobService
+from shared.compat import is_worker_vllm
+from shared.errors import InputError
+from shared.models import ChunkEvent, FinalEvent, JobStatus, Result
+
+log = logging.getLogger("llm_jobs.runpod")
+
+
+class RunpodHandler:
+    def __init__(self, service: JobService):
+        self.service = service
+
+    def concurrency(self, current: int) -> int:
+        """RunPod's `concurrency_modifier`: jobs this worker takes at once (always an int, at least 1)."""
+        del current
+        if not self.service.alive:
+            return 1  # take nothing new in parallel on a dead engine; the next job fails fast
+        return max(1, int(self.service.settings.jobs_per_worker))
+
+    async def handle(self, rp_job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        payload = rp_job.get("input")
+        try:
+            job = self.service.parse(payload, default_id=rp_job.get("id"))
+        except InputError as e:
+            log.warning("runpod job=%s invalid input: %s", rp_job.get("id"), e)
+            yield {"error": f"invalid input: {e}"}
+            return
+        log.info("runpod job=%s running %d item(s) as job %s", rp_job.get("id"), job.total, job.id)
+        if is_worker_vllm(payload):
+            async for out in self._worker_vllm(job):
+                yield out
+            return
+        async for event in self.service.events(job):
+            yield event.model_dump(mode="json")
+            if isinstance(event, FinalEvent) and event.status == JobStatus.failed:
+                yield {"error": f"job {job.id} failed: {event.summary.reason or 'failed'}"}
+
+    async def _worker_vllm(self, job) -> AsyncIterator[dict[str, Any]]:
+        result: Result | None = None
+        final: FinalEvent | None = None
+        async for event in self.service.events(job):
+            if isinstance(event, ChunkEvent) and event.results:
+                result = event.results[0]
+            elif isinstance(event, FinalEvent):
+                final = event
+        if result is None and final is not None and final.status == JobStatus.completed:
+            stored = await self.service.store.results(job.id, limit=1)  # a retried request: done before
+            result = stored[0] if stored else None
+        if result is None or result.error is not None:
+            reason = result.error.message if result and result.error else (final and final.summary.reason)
+            yield {"error": reason or "the request failed"}
+            return
+        usage = result.usage
+        yield {"choices": [{"tokens": [result.text or ""]}],
+               "usage": {"input": usage.prompt_tokens if usage else 0,
+                         "output": usage.completion_tokens if usage else 0}}

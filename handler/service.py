@@ -1,0 +1,97 @@
+"""What a platform's handler needs: one engine per process, input validation, jobs as event streams.
+
+RunPod's worker, Modal's class and the local RunPod harness all go through `JobService`:
+
+    service = JobService.boot(settings)          # once per process, before the first job
+    job = service.parse(payload)                 # InputError names the field
+    async for event in service.events(job):      # ChunkEvent..., FinalEvent (durable first)
+
+The engine is booted once per process and shared by every job the platform runs at once
+(`settings.jobs_per_worker`); results go to the store Settings configure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from handler.engine.base import Engine
+from handler.runner import run_job
+from shared.compat import from_worker_vllm, is_worker_vllm
+from shared.inputs import parse_job_document
+from shared.models import ChunkEvent, FinalEvent, Job
+from shared.prepare import Limits
+from shared.settings import Settings
+from shared.stores import Store, open_store
+
+
+class JobService:
+    _process: ClassVar[JobService | None] = None
+    _boot_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, engine: Engine, settings: Settings, *, store: Store | None = None):
+        self.engine = engine
+        self.settings = settings
+        self.limits = Limits.from_settings(settings)
+        self._store = store
+
+    # ## One per process
+
+    @classmethod
+    def boot(cls, settings: Settings) -> JobService:
+        """The process's service, booting its engine the first time (blocking: call it before the loop runs)."""
+        with cls._boot_lock:
+            if cls._process is None:
+                from handler.engine.vllm_engine import VLLMEngine
+
+                cls._process = cls(VLLMEngine.boot(settings), settings)
+            return cls._process
+
+    @classmethod
+    async def start(cls, settings: Settings) -> JobService:
+        """`boot` from inside a running event loop, without blocking it."""
+        if cls._process is not None:
+            return cls._process
+        return await asyncio.wait_for(asyncio.to_thread(cls.boot, settings), settings.engine_boot_timeout_s)
+
+    @classmethod
+    def adopt(cls, service: JobService | None) -> None:
+        """Make `service` the process's one (an embedding app or a test that booted its own engine)."""
+        with cls._boot_lock:
+            cls._process = service
+
+    # ## Jobs
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:  # created lazily, in the loop that uses it
+            self._store = open_store(self.settings)
+        return self._store
+
+    @property
+    def alive(self) -> bool:
+        return bool(getattr(self.engine, "alive", True))
+
+    def parse(self, payload: Any, *, default_id: str | None = None) -> Job:
+        """A validated Job from a platform's input: a Job document or a worker-vllm request.
+
+        `default_id` (the platform's request id) names the job when the input gives no `id`, so
+        the platform's id finds the job in the store too.
+        """
+        doc = from_worker_vllm(payload) if is_worker_vllm(payload) else payload
+        if default_id and isinstance(doc, dict) and not doc.get("id"):
+            doc = {**doc, "id": default_id}
+        return parse_job_document(doc, limits=self.limits, served_models=self.engine.served_models)
+
+    def events(self, job: Job) -> AsyncIterator[ChunkEvent | FinalEvent]:
+        """Run `job` through the runner with the store: chunks as they are stored, then the final event."""
+        s = self.settings
+        return run_job(job, self.engine, store=self.store, limits=self.limits, chunk_size=s.default_chunk_size,
+                       chunk_interval_s=s.default_chunk_interval_s, store_retry_s=s.store_retry_s)
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None

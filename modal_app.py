@@ -1,0 +1,221 @@
+# # Batch LLM jobs on Modal
+#
+# This file is the whole Modal deployment of llm-jobs: `modal deploy modal_app.py`. It is wiring
+# only. The engine, the runner and the stores live in `handler/` and `shared/`, and run the same
+# way here as on RunPod or on a laptop.
+#
+# What you get:
+# - `LLMJobs`, a GPU class that boots vLLM once per container (`@modal.enter()`), with
+#   - `stream(job)`: a generator. Call it with `.remote_gen()` and you get every chunk event as
+#     it is stored, then the final event;
+#   - `run(job)`: the whole job in one call. You can `.spawn()` it, `.map()` it, and it is retried
+#     if the container dies. It persists to the store as it goes, and a retry resumes;
+#   - `drain()`: runs the Upstash queue dry on this container's engine.
+# - `web`, a small HTTP app (`@modal.asgi_app`): POST /jobs spawns `run`, and GET /jobs/{call_id}
+#   polls its `FunctionCall`. The full HTTP API replaces it when it lands.
+# - `drain_queue`, a Cron that wakes the GPU class only when the Upstash queue has work.
+#
+# Every config value is a module constant with its reason, so tests can check them offline.
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import modal
+
+# ## Versions
+#
+# Pin everything ("avoid nasty surprises"): vLLM's engine and the Python it was built for.
+
+VLLM_VERSION = "0.32.0"
+PYTHON_VERSION = "3.12"
+APP_NAME = "llm-jobs"
+
+# ## Hardware
+#
+# An L40S (48 GB) fits a 7-8B model in bf16 with room for a large KV cache, and it is usually
+# available. An A100-80GB is the fallback: Modal tries the GPUs in order. Modal has no plain "L40".
+GPU = ["L40S", "A100-80GB"]
+
+# Jobs one container runs at once. They share one engine, and vLLM batches their requests
+# together, so a few concurrent jobs keep the GPU busy between one job's stragglers. This matches
+# JOBS_PER_WORKER on RunPod.
+JOBS_PER_CONTAINER = 4
+
+# ## Timeouts
+#
+# Booting reads the weights from the cache volume, and the first boot on a fresh volume also
+# downloads them and compiles CUDA graphs: give it 20 minutes. A job may take hours (100k items),
+# so a call gets up to 24 hours, Modal's maximum. A container idles 5 minutes before it scales
+# down, so a burst of jobs finds the engine warm.
+STARTUP_TIMEOUT_S = 20 * 60
+JOB_TIMEOUT_S = 24 * 60 * 60
+SCALEDOWN_WINDOW_S = 5 * 60
+# `run` is retried when its container dies. A retry resumes from the store and skips the items
+# already done, so it only redoes the work that was in flight.
+RUN_RETRIES = 2
+# The Cron only looks at the queue; it needs no GPU and little time.
+DRAIN_SCHEDULE = "*/5 * * * *"
+DRAIN_CHECK_TIMEOUT_S = 120
+# The web app only validates, spawns and polls: many requests share one small CPU container.
+WEB_TIMEOUT_S = 60
+WEB_MAX_INPUTS = 100
+# The interim app has no API keys of its own, so Modal's proxy guards it: callers send the
+# Modal-Key and Modal-Secret headers of a proxy auth token (modal.com -> Settings -> Proxy Auth).
+WEB_REQUIRES_PROXY_AUTH = True
+
+# ## Caches on volumes
+#
+# Weights download once into the Hugging Face cache volume. vLLM's compile cache (torch.compile,
+# CUDA graphs) lives on a second volume, so later containers skip the compile step.
+HF_CACHE_PATH = "/root/.cache/huggingface"
+VLLM_CACHE_PATH = "/root/.cache/vllm"
+HF_CACHE_VOLUME = "llm-jobs-hf-cache"
+VLLM_CACHE_VOLUME = "llm-jobs-vllm-cache"
+hf_cache = modal.Volume.from_name(HF_CACHE_VOLUME, create_if_missing=True)
+vllm_cache = modal.Volume.from_name(VLLM_CACHE_VOLUME, create_if_missing=True)
+VOLUMES = {HF_CACHE_PATH: hf_cache, VLLM_CACHE_PATH: vllm_cache}
+
+# ## Secrets
+#
+# Create them once with `modal secret create` (see the README):
+# - `llm-jobs-supabase`: SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY (or DATABASE_URL);
+# - `llm-jobs-upstash`: UPSTASH_REDIS_REST_URL, UPSTASH_REDIS_REST_TOKEN.
+# - `llm-jobs-config`: MODEL_NAME and any other Settings field (see .env.example).
+SECRET_NAMES = ["llm-jobs-supabase", "llm-jobs-upstash", "llm-jobs-config"]
+SECRETS = [modal.Secret.from_name(name) for name in SECRET_NAMES]
+
+# ## The image
+#
+# vLLM from PyPI, then this package with the `gpu` extra, whose pins come from pyproject.toml.
+# The environment points the caches at the volumes. Settings reads HF_HOME and VLLM_CACHE_ROOT
+# from there and hands them to vLLM.
+ROOT = Path(__file__).parent
+IMAGE_ENV = {
+    "HF_HOME": HF_CACHE_PATH,
+    "VLLM_CACHE_ROOT": VLLM_CACHE_PATH,
+    "JOBS_PER_WORKER": str(JOBS_PER_CONTAINER),
+}
+image = (
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    # vLLM first, in its own layer: editing pyproject.toml does not reinstall it
+    .uv_pip_install(f"vllm=={VLLM_VERSION}")
+    .pip_install_from_pyproject(str(ROOT / "pyproject.toml"), optional_dependencies=["gpu"])
+    .env(IMAGE_ENV)
+    .add_local_python_source("handler", "shared")
+)
+
+app = modal.App(APP_NAME)
+
+
+# ## The GPU class
+
+
+@app.cls(
+    image=image,
+    gpu=GPU,
+    volumes=VOLUMES,
+    secrets=SECRETS,
+    timeout=JOB_TIMEOUT_S,
+    startup_timeout=STARTUP_TIMEOUT_S,
+    scaledown_window=SCALEDOWN_WINDOW_S,
+    retries=RUN_RETRIES,
+)
+@modal.concurrent(max_inputs=JOBS_PER_CONTAINER)
+class LLMJobs:
+    @modal.enter()
+    def boot(self) -> None:
+        """Boot vLLM once per container, before the first input (heavy imports stay in here)."""
+        from handler.service import JobService
+        from shared.settings import get_settings
+
+        self.service = JobService.boot(get_settings())
+
+    async def _service(self):
+        # `.local()` calls of async methods skip @modal.enter() (Modal runs only __aenter__ there),
+        # so boot on first use; in a container `boot` already ran and this returns at once.
+        if getattr(self, "service", None) is None:
+            from handler.service import JobService
+            from shared.settings import get_settings
+
+            self.service = await JobService.start(get_settings())
+        return self.service
+
+    @modal.method()
+    async def stream(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Every chunk event as it is stored, then the final event (use `.remote_gen()`)."""
+        from handler.platforms.modal import stream_events
+
+        async for event in stream_events(await self._service(), job, default_id=modal.current_function_call_id()):
+            yield event
+
+    @modal.method()
+    async def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Run a job to its end, storing results as it goes; returns the final event.
+
+        Invalid input returns a failed final event (retrying could not help). A job that fails
+        (the engine died) raises, so Modal retries it, and the retry resumes from the store.
+        """
+        from handler.platforms.modal import run_to_end
+
+        # a job with no id is named after its FunctionCall: the id a spawner holds, stable across retries
+        return await run_to_end(await self._service(), job, default_id=modal.current_function_call_id())
+
+    @modal.method()
+    async def drain(self) -> dict[str, Any]:
+        """Run queued jobs on this container's engine until the queue is empty."""
+        from handler.platforms.modal import drain_queue as drain
+
+        return await drain(await self._service())
+
+
+# ## The web app
+#
+# Until the HTTP API lands, submit and poll through Modal itself: `spawn` returns a FunctionCall
+# id, and `FunctionCall.from_id` finds it again from any container.
+
+
+def web_app(submit: Callable[[dict[str, Any]], Awaitable[str]] | None = None,
+            poll: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None):
+    """The ASGI app. `submit`/`poll` default to Modal's spawn/FunctionCall; tests pass local ones."""
+    from handler.platforms.modal import create_web_app
+
+    async def spawn(job: dict[str, Any]) -> str:
+        call = await LLMJobs().run.spawn.aio(job)
+        return call.object_id
+
+    async def get_call(call_id: str) -> dict[str, Any] | None:
+        try:
+            return await modal.FunctionCall.from_id(call_id).get.aio(timeout=0)
+        except TimeoutError:
+            return None  # still running
+        except Exception as e:  # the call failed after its retries: tell the caller why
+            return {"type": "error", "call_id": call_id, "error": f"{type(e).__name__}: {e}"}
+
+    return create_web_app(submit or spawn, poll or get_call)
+
+
+@app.function(image=image, secrets=SECRETS, timeout=WEB_TIMEOUT_S)
+@modal.concurrent(max_inputs=WEB_MAX_INPUTS)
+@modal.asgi_app(requires_proxy_auth=WEB_REQUIRES_PROXY_AUTH)
+def web():
+    return web_app()
+
+
+# ## The schedule
+#
+# Every few minutes, look at the Upstash queue from a small CPU container. Only when it has work
+# does the GPU class wake up to drain it, so an idle queue costs no GPU time.
+
+
+@app.function(image=image, secrets=SECRETS, schedule=modal.Cron(DRAIN_SCHEDULE), timeout=DRAIN_CHECK_TIMEOUT_S)
+async def drain_queue() -> dict[str, Any]:
+    from handler.platforms.modal import queued_jobs
+
+    waiting = await queued_jobs()
+    if not waiting:
+        return {"queued": 0, "drained": False}
+    call = await LLMJobs().drain.spawn.aio()
+    return {"queued": waiting, "drained": True, "call_id": call.object_id}
