@@ -213,8 +213,9 @@ def web():
 @app.function(image=image, secrets=SECRETS, schedule=modal.Cron(DRAIN_SCHEDULE), timeout=DRAIN_CHECK_TIMEOUT_S)
 async def drain_queue() -> dict[str, Any]:
     from handler.platforms.modal import queued_jobs
+    from shared.settings import get_settings
 
-    waiting = await queued_jobs()
+    waiting = await queued_jobs(get_settings())
     if not waiting:
         return {"queued": 0, "drained": False}
     call = await LLMJobs().drain.spawn.aio()

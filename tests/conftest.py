@@ -1,10 +1,20 @@
 from __future__ import annotations
 
-import pytest
-import pytest_asyncio
+import os
+import tempfile
+from pathlib import Path
 
-from shared.models import Item, Job
-from shared.queue import JobQueue
+# Modal reads its config (and token) at import: point it at an empty file first, so no test can
+# use a developer's token or reach Modal.
+os.environ["MODAL_CONFIG_PATH"] = str(Path(tempfile.mkdtemp(prefix="modal-")) / "modal.toml")
+for _var in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
+    os.environ.pop(_var, None)
+
+import pytest  # noqa: E402
+import pytest_asyncio  # noqa: E402
+
+from shared.models import Item, Job  # noqa: E402
+from shared.queue import JobQueue  # noqa: E402
 
 #: a JWT-shaped service key for the PostgREST adapter (supabase-py checks the shape)
 SERVICE_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.dGVzdC1zaWduYXR1cmU"

@@ -1,7 +1,8 @@
 """What modal_app.py's class, web app and Cron do, kept here so the app file stays wiring only.
 
 Nothing here imports modal: it is plain async code over a JobService, so it runs (and is
-tested) anywhere.
+tested) anywhere. (FastAPI is imported at the top: it resolves the routes' annotations from
+this module's globals.)
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
+from fastapi import Body, FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+
 from handler.service import JobService
 from shared.errors import InputError, LLMJobsError
+from shared.inputs import parse_job_document
 from shared.models import JobStatus, new_job_id
+from shared.prepare import Limits
 from shared.queue import JobQueue
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 log = logging.getLogger("llm_jobs.modal")
 
@@ -68,9 +74,9 @@ async def drain_queue(service: JobService) -> dict[str, Any]:
             "dead_lettered": stats.dead_lettered, "released": stats.released}
 
 
-async def queued_jobs() -> int:
+async def queued_jobs(settings: Settings) -> int:
     """Jobs waiting in the queue, including those waiting out a retry backoff (the Cron's CPU half)."""
-    queue = JobQueue.from_settings(get_settings())
+    queue = JobQueue.from_settings(settings)
     try:
         stats = await queue.stats()
     finally:
@@ -82,12 +88,6 @@ def create_web_app(submit: Callable[[dict[str, Any]], Awaitable[str]],
                    poll: Callable[[str], Awaitable[dict[str, Any] | None]]):
     """POST /jobs spawns a run and answers its call id; GET /jobs/{call_id} answers 202 while it runs,
     then the final event (or `{"type": "error", ...}` when the call failed for good)."""
-    from fastapi import Body, FastAPI, HTTPException
-    from fastapi.responses import JSONResponse
-
-    from shared.inputs import parse_job_document
-    from shared.prepare import Limits
-
     app = FastAPI(title="llm-jobs on Modal (interim)",
                   description="Submit a job (spawns LLMJobs.run) and poll its FunctionCall.")
     limits = Limits.from_settings(get_settings())

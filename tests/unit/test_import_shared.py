@@ -12,6 +12,8 @@ class Block:
 sys.meta_path.insert(0, Block())
 import shared, shared.cli, shared.inputs, shared.prepare, shared.openai_batch, shared.output, shared.settings
 import shared.stores.sqlite, shared.stores.postgres, shared.stores.supabase
+import shared.compat, shared.runpod_harness, shared.cli.serve, handler.service, handler.platforms.runpod
+import handler.platforms.modal, handler.health, handler.engine.bake
 import handler.runner, handler.progress
 assert not {'vllm', 'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)
 print('ok')
