@@ -15,7 +15,7 @@ import logging
 import runpod
 
 from handler.health import HealthBeat
-from handler.platforms.runpod import RunpodHandler
+from handler.platforms.runpod import RunpodHandler, set_sdk_log_level
 from handler.service import JobService
 from shared.cli.common import setup_logging
 from shared.settings import get_settings
@@ -34,6 +34,7 @@ def config(handler: RunpodHandler) -> dict:
 def main() -> None:
     settings = get_settings()
     setup_logging(settings)
+    set_sdk_log_level(settings.log_level)
     # Boot before the SDK's loop starts: the engine attaches to that loop on its first request.
     service = JobService.boot(settings)
     log.info("llm-jobs worker ready (%s); taking up to %d job(s) at once", service.engine.model_name,

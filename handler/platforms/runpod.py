@@ -32,6 +32,14 @@ from shared.models import ChunkEvent, FinalEvent, JobStatus, Result
 log = logging.getLogger("llm_jobs.runpod")
 
 
+def set_sdk_log_level(level: str) -> None:
+    """The runpod SDK logs at DEBUG by default, printing every yielded output (every result's text)
+    to the worker's logs. Follow LOG_LEVEL instead."""
+    from runpod.serverless.modules.rp_logger import RunPodLogger
+
+    RunPodLogger().set_level({"WARNING": "WARN"}.get(level, level))
+
+
 class RunpodHandler:
     def __init__(self, service: JobService):
         self.service = service

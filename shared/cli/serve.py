@@ -17,12 +17,13 @@ def serve_runpod(
     """Boot the engine, then serve /run, /runsync, /stream, /status, /cancel and /health."""
     import uvicorn
 
-    from handler.platforms.runpod import RunpodHandler
+    from handler.platforms.runpod import RunpodHandler, set_sdk_log_level
     from handler.service import JobService
     from shared.runpod_harness import create_harness_app
 
     settings = get_settings()
     setup_logging(settings)
+    set_sdk_log_level(settings.log_level)
     with err.status(f"booting the engine ({settings.model_name or 'embedded SmolLM2-135M-Instruct'})..."):
         service = JobService.boot(settings)  # before the server's loop: the engine attaches to it on first use
     handler = RunpodHandler(service)

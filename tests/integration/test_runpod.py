@@ -144,6 +144,7 @@ def test_worker_boots_once_then_streams_and_aggregates(runpod_api, worker_proc):
     assert out.count("engine ready") == 1
     assert out.index("engine ready") < out.index("Starting Serverless Worker")
     assert (worker_proc.tmp / "health").exists()
+    assert "Async Generator output" not in out  # the SDK follows LOG_LEVEL: results are not logged
 
     streamed = runpod_api.seen.streamed["job-a"]
     assert [e["type"] for e in streamed] == ["chunk", "chunk", "chunk", "final"]
