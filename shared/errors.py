@@ -7,8 +7,13 @@
     │   └── EngineDeadError the engine is gone: the job fails, with this as its reason
     ├── StoreError          the store refused a call (a bug or a schema mismatch: not retried)
     │   └── StoreUnavailable the store could not be reached in time (retried with backoff)
-    └── QueueError          the queue refused a call (a wrong token, a bad command)
-        └── QueueUnavailable the queue could not be reached in time
+    ├── QueueError          the queue refused a call (a wrong token, a bad command)
+    │   └── QueueUnavailable the queue could not be reached in time
+    └── ApiError            a backend (our API, RunPod, Modal) answered with an error (SDK side)
+        ├── AuthError       401/403: no key, or a wrong one
+        ├── NotFound        404: no such job
+        ├── RateLimited     429 after the retries
+        └── JobFailed       the job ended failed (engine death, store outage), with its reason
 
 Per-item failures are not exceptions in results: they become `Result(status="error",
 error=ItemError(code, message))`. Inside the engine adapter an `ItemFailure` carries one
@@ -116,6 +121,30 @@ class QueueError(LLMJobsError):
 
 class QueueUnavailable(QueueError):
     """The queue could not be reached or timed out."""
+
+
+class ApiError(LLMJobsError):
+    """A backend answered with an error; `status` is its HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        self.status = status
+        super().__init__(message)
+
+
+class AuthError(ApiError):
+    """No API key (401) or a wrong one (403)."""
+
+
+class NotFound(ApiError):
+    """No such job."""
+
+
+class RateLimited(ApiError):
+    """Still rate limited after the retries."""
+
+
+class JobFailed(ApiError):
+    """The job ended `failed`; the message is its reason. Results stored before stay readable."""
 
 
 class ItemFailure(Exception):

@@ -237,6 +237,12 @@ class Summary(BaseModel):
     #: why the job failed or was cancelled
     reason: str | None = None
 
+    @classmethod
+    def empty(cls, total: int, reason: str | None = None) -> Summary:
+        """For a job that ended before running anything."""
+        return cls(total=total, completed=0, failed=0, elapsed_s=0, items_per_s=0, prompt_tokens=0,
+                   completion_tokens=0, tokens_per_s=0, reason=reason)
+
 
 class JobRecord(BaseModel):
     """A job as the store keeps it: status and counters, no items."""

@@ -119,6 +119,34 @@ class Settings(BaseSettings):
     events_maxlen: int = Field(default=1000, ge=10)
     events_ttl_s: int = Field(default=24 * 3600, ge=60)
 
+    # ## The HTTP API (`llm-jobs serve`)
+    #: who runs submitted jobs: queue (Upstash, drained by workers), runpod (its /run), modal (spawn), local (here)
+    dispatcher: Literal["queue", "runpod", "modal", "local"] = "local"
+    #: bearer keys, comma-separated: "sha256:<hex digest>" (preferred) or plain keys, hashed at start; never logged
+    api_keys: SecretStr | None = None
+    #: origins a browser may call from (CORS), comma-separated, e.g. https://my-app.vercel.app
+    cors_origins: str = ""
+    #: requests per minute per API key (Upstash sliding window when the queue is configured); 0 turns it off
+    rate_limit_per_minute: int = Field(default=120, ge=0)
+    #: the largest request body the API reads
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    #: seconds between keep-alive pings on an idle event stream
+    sse_ping_s: float = Field(default=15, gt=0)
+    #: seconds between looks for new events while a stream is open
+    sse_poll_s: float = Field(default=0.5, gt=0)
+    #: what your deployment does, for the `estimated_time_s` a submit answers
+    estimate_items_per_s: float = Field(default=5.0, gt=0)
+
+    # ## RunPod and Modal, as dispatchers and SDK backends
+    runpod_endpoint_id: str | None = None
+    #: never logged
+    runpod_api_key: SecretStr | None = None
+    runpod_base_url: str = "https://api.runpod.ai/v2"
+    #: seconds one HTTP call to RunPod (or to the API, from the SDK) may take
+    http_timeout_s: float = Field(default=30, gt=0)
+    modal_app_name: str = "llm-jobs"
+    modal_class_name: str = "LLMJobs"
+
     # ## Platforms
     #: the file a RunPod worker touches while its engine is alive (the Dockerfile's HEALTHCHECK reads it)
     health_file: Path = Path("/tmp/llm-jobs.health")
@@ -131,7 +159,11 @@ class Settings(BaseSettings):
     def _expand_home(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v else v
 
-    @field_validator("supabase_url", "upstash_redis_rest_url", mode="after")
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @field_validator("supabase_url", "upstash_redis_rest_url", "runpod_base_url", mode="after")
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
         return v.rstrip("/") if v else v

@@ -15,7 +15,7 @@ from fastapi import Body, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 
 from handler.service import JobService
-from shared.errors import InputError, LLMJobsError
+from shared.errors import InputError, JobFailed
 from shared.inputs import parse_job_document
 from shared.models import JobStatus, new_job_id
 from shared.prepare import Limits
@@ -23,10 +23,6 @@ from shared.queue import JobQueue
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("llm_jobs.modal")
-
-
-class JobFailed(LLMJobsError):
-    """The job could not finish (engine death, store outage); raised so Modal retries the call."""
 
 
 def _invalid(payload: Any, e: InputError) -> dict[str, Any]:
@@ -54,6 +50,7 @@ async def run_to_end(service: JobService, payload: Any, *, default_id: str | Non
             final = event
     assert final is not None
     if final["type"] == "final" and final["status"] == JobStatus.failed:
+        # raised so Modal retries the call (engine death, store outage); the retry resumes
         raise JobFailed(f"job {final['job_id']} failed: {final['summary'].get('reason') or 'failed'}")
     return final
 

@@ -9,7 +9,7 @@ import typer
 from shared.cli.queue_cmds import queue_app, submit, watch, worker
 from shared.cli.read import results, status
 from shared.cli.run import run
-from shared.cli.serve import serve_runpod
+from shared.cli.serve import serve, serve_runpod
 from shared.cli.validate import validate
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command(help="Print or save a job's stored results.")(results)
 app.command(help="Validate a job and put it on the queue; prints its id.")(submit)
 app.command(help="Follow a queued job's progress until it ends.")(watch)
 app.command(help="Run jobs from the queue on one engine.")(worker)
+app.command(help="Run the HTTP API for the frontend and the SDK.")(serve)
 app.command("serve-runpod", help="Serve RunPod's HTTP contract locally, running the real handler.")(serve_runpod)
 app.add_typer(queue_app, name="queue")
 

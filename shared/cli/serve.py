@@ -31,3 +31,23 @@ def serve_runpod(
     err.print(f"RunPod harness on http://{host}:{port} (also /v2/<any-endpoint-id>/...); "
               f"{handler.concurrency(1)} job(s) at once; results to the configured store")
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+) -> None:
+    """Run the HTTP API (jobs go to DISPATCHER: queue, runpod, modal or local)."""
+    import uvicorn
+
+    from shared.api import create_app
+
+    settings = get_settings()
+    setup_logging(settings)
+    if not settings.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print("[bold red]error:[/] refusing to serve on a public interface with no API_KEYS set")
+        raise typer.Exit(2)
+    if not settings.api_keys:
+        err.print("[yellow]no API_KEYS set: the API is open (fine on loopback only)[/]")
+    err.print(f"llm-jobs API on http://{host}:{port} (dispatcher: {settings.dispatcher}; docs at /docs)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())

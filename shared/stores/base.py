@@ -25,6 +25,9 @@ RESULT_COLUMNS = ("job_id", "custom_id", "status", "text", "parsed", "error", "f
 
 
 class Store(Protocol):
+    async def accept(self, job: Job) -> bool:
+        """Record a submitted job as queued; False (and nothing changes) if the id is known already."""
+
     async def begin(self, job: Job) -> None:
         """Record the job as running (creating its row if needed)."""
 

@@ -69,6 +69,13 @@ class PostgresStore:
         except psycopg.Error as e:
             raise StoreError(f"postgres: {type(e).__name__}: {e}".strip()) from e
 
+    async def accept(self, job: Job) -> bool:
+        async with self._cursor() as cur:
+            await cur.execute("insert into jobs (id, status, model, total, metadata) values (%s, 'queued', %s, %s, %s) "
+                              "on conflict (id) do nothing returning id",
+                              (job.id, job.model, job.total, Jsonb(job.metadata)))
+            return await cur.fetchone() is not None
+
     async def begin(self, job: Job) -> None:
         async with self._cursor() as cur:
             await cur.execute(_BEGIN, (job.id, job.model, job.total, Jsonb(job.metadata)))

@@ -92,6 +92,12 @@ class SQLiteStore:
             except sqlite3.Error as e:
                 raise StoreError(f"sqlite {self.path}: {e}") from e
 
+    async def accept(self, job: Job) -> bool:
+        rows = await self._run("insert into jobs (id, status, model, total, metadata) values (?, 'queued', ?, ?, ?) "
+                               "on conflict (id) do nothing returning id",
+                               (job.id, job.model, job.total, _dump(job.metadata)), fetch=True)
+        return bool(rows)
+
     async def begin(self, job: Job) -> None:
         await self._run(
             "insert into jobs (id, status, model, total, metadata, started_at) values (?, 'running', ?, ?, ?, "

@@ -60,6 +60,13 @@ class SupabaseStore:
         except (httpx.TransportError, httpx.TimeoutException) as e:
             raise StoreUnavailable(f"supabase {what}: {type(e).__name__}: {e}") from e
 
+    async def accept(self, job: Job) -> bool:
+        async with self._mapped("accept") as db:
+            created = await db.table("jobs").upsert(
+                {"id": job.id, "status": "queued", "model": job.model, "total": job.total, "metadata": job.metadata},
+                on_conflict="id", ignore_duplicates=True, returning=ReturnMethod.representation).execute()
+        return bool(created.data)
+
     async def begin(self, job: Job) -> None:
         async with self._mapped("begin") as db:
             await db.table("jobs").upsert(

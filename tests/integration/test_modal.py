@@ -15,8 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 import modal_app
-from handler.platforms.modal import JobFailed, queued_jobs
+from handler.platforms.modal import queued_jobs
 from handler.service import JobService
+from shared.errors import JobFailed
 from shared.models import Job
 from shared.settings import Settings
 from shared.stores.sqlite import SQLiteStore

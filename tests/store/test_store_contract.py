@@ -98,3 +98,16 @@ async def test_begin_again_reopens_a_finished_job_and_keeps_its_results(store):
 async def test_unknown_job_reads_as_none(store):
     assert await store.get_job("nope") is None
     assert await store.done_ids("nope") == {}
+
+
+async def test_accept_records_a_queued_job_once_and_never_touches_a_known_one(store):
+    job = make_job(3, id="acc-1")
+    assert await store.accept(job) is True
+    record = await store.get_job("acc-1")
+    assert record.status == JobStatus.queued and record.total == 3 and record.started_at is None
+    assert await store.accept(make_job(5, id="acc-1")) is False  # idempotent on the id
+    assert (await store.get_job("acc-1")).total == 3
+    await store.begin(job)
+    assert (await store.get_job("acc-1")).status == JobStatus.running
+    assert await store.accept(job) is False
+    assert (await store.get_job("acc-1")).status == JobStatus.running

@@ -140,7 +140,9 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
         return where, args
 
     async def _json(self, conn: psycopg.AsyncConnection, query: sql.Composable, args: list[Any]) -> Any:
-        cur = await conn.execute(sql.SQL("select coalesce(json_agg(t), '[]'::json) from ({}) t").format(query), args)
+        # a CTE, not a subquery: it also holds an insert/update ... returning (Prefer: return=representation)
+        wrapped = sql.SQL("with t as ({}) select coalesce(json_agg(t), '[]'::json) from t").format(query)
+        cur = await conn.execute(wrapped, args)
         return (await cur.fetchone())[0]
 
     async def _select(self, conn, table: str, params: dict[str, str], cols: list[str]) -> httpx.Response:

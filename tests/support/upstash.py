@@ -7,6 +7,8 @@ What it does, as Upstash's REST API does:
 - POST /multi-exec  an array of commands, run in one MULTI/EXEC transaction
 - `Authorization: Bearer <token>` is required (401 {"error": "WRONGPASS ..."} otherwise)
 - `Upstash-Encoding: base64`: every string in a result is base64, except a plain "OK"
+- Lua scripts may declare `#!lua flags=allow-key-locking` (upstash-ratelimit does), which
+  Upstash accepts and Redis 7.0 does not know: the adapter drops that one flag before EVAL.
 - blocking commands (BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOP*, XREAD/XREADGROUP ... BLOCK,
   WAIT, SUBSCRIBE...) are refused, as Upstash refuses them over REST.
 It runs uvicorn on 127.0.0.1 in a thread of its own.
@@ -53,6 +55,16 @@ def _encode(value: Any, b64: bool) -> Any:
     return value
 
 
+def _upstash_script_flags(cmd: list[Any]) -> list[Any]:
+    if str(cmd[0]).upper() not in ("EVAL", "EVAL_RO") or len(cmd) < 2 or not str(cmd[1]).startswith("#!lua"):
+        return cmd
+    first, _, rest = str(cmd[1]).partition("\n")
+    first = first.replace("allow-key-locking", "").replace("flags=,", "flags=").rstrip(",")
+    if first.strip() == "#!lua flags=":
+        first = "#!lua"
+    return [cmd[0], f"{first}\n{rest}", *cmd[2:]]
+
+
 class UpstashAdapter:
     def __init__(self, redis_url: str, token: str):
         self.redis_url = redis_url
@@ -76,6 +88,7 @@ class UpstashAdapter:
         if _is_blocking(cmd):
             return {"error": f"ERR Command is not available: '{str(cmd[0]).lower()}' (blocking) over REST"}
         self.commands.append(cmd)
+        cmd = _upstash_script_flags(cmd)
         try:
             result = await (await self._client()).execute_command(*cmd)
         except aioredis.ResponseError as e:

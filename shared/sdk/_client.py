@@ -1,0 +1,227 @@
+"""`AsyncClient` / `Client`: submit a job to a backend and follow it.
+
+    async with AsyncClient("http", base_url="https://jobs.example.com", api_key=KEY) as client:
+        job = await client.submit("essays.jsonl", template=..., response_format=...)
+        async for event in job.stream():          # chunk events as results are stored, then final
+            print(event["type"], event.get("progress"))
+        async for result in job.results():        # every result, page by page
+            ...
+
+`Client` is the same, blocking (it runs an event loop in a thread of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from shared.errors import ConfigError, JobFailed
+from shared.inputs import parse_job
+from shared.models import Item, Job, Result, new_job_id
+from shared.runpod_client import RunpodClient
+from shared.sdk._backends import Backend, HttpBackend, LocalBackend, ModalBackend, RunpodBackend
+from shared.settings import Settings, get_settings
+
+BackendName = Literal["http", "runpod", "modal", "local"]
+JobInput = Job | dict[str, Any] | list[dict[str, Any] | Item] | str | Path
+
+
+def _document(job: JobInput, options: dict[str, Any]) -> dict[str, Any]:
+    """A Job document with an id, from whatever the caller has."""
+    if isinstance(job, (str, Path)):
+        parsed = parse_job(job, options=options or None, any_model=True, strict=True)
+        doc = parsed.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"rejected"})
+    elif isinstance(job, Job):
+        doc = job.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"rejected"})
+        doc.update(options)
+    elif isinstance(job, list):
+        doc = {"items": [i.model_dump(mode="json", exclude_none=True) if isinstance(i, Item) else i for i in job],
+               **options}
+    else:
+        doc = {**job, **options}
+    doc.setdefault("id", new_job_id())
+    return doc
+
+
+class AsyncJob:
+    """A submitted job. `stream()` resumes where it left off; `wait()` and `results()` read the rest."""
+
+    def __init__(self, backend: Backend, job_id: str, submitted: dict[str, Any]):
+        self._backend = backend
+        self.id = job_id
+        self.submitted = submitted
+        self.final: dict[str, Any] | None = None
+        self._last_event: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AsyncJob(id={self.id!r})"
+
+    async def stream(self) -> AsyncIterator[dict[str, Any]]:
+        """Events as they come: `chunk` (results + progress) or `progress`, then `final`."""
+        if self.final is not None:
+            yield self.final
+            return
+        async for event_id, event in self._backend.events(self.id, self._last_event):
+            self._last_event = event_id or self._last_event
+            if event.get("type") == "final":
+                self.final = event
+            yield event
+
+    async def wait(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> dict[str, Any]:  # noqa: ASYNC109
+        """The final event. Raises TimeoutError after `timeout` s, JobFailed if the job failed."""
+        async def drain() -> dict[str, Any]:
+            async for _ in self.stream():
+                pass
+            assert self.final is not None
+            return self.final
+
+        final = await asyncio.wait_for(drain(), timeout)
+        if raise_on_failure and final.get("status") == "failed":
+            reason = (final.get("summary") or {}).get("reason") or final.get("error") or "failed"
+            raise JobFailed(f"job {self.id} failed: {reason}")
+        return final
+
+    async def results(self, *, page_size: int = 500) -> AsyncIterator[Result]:
+        """Every stored result, ordered by custom_id."""
+        after = None
+        while True:
+            page, after = await self._backend.results(self.id, after, page_size)
+            for r in page:
+                yield r
+            if after is None:
+                return
+
+    async def status(self) -> dict[str, Any]:
+        return await self._backend.get(self.id)
+
+    async def cancel(self) -> dict[str, Any]:
+        return await self._backend.cancel(self.id)
+
+
+class AsyncClient:
+    def __init__(self, backend: BackendName = "http", *, base_url: str | None = None, api_key: str | None = None,
+                 endpoint_id: str | None = None, timeout_s: float | None = None, settings: Settings | None = None,
+                 **backend_options: Any):
+        """`settings` (default: the environment's) fills what is not given: RUNPOD_*, MODAL_*, the store."""
+        s = settings or get_settings()
+        timeout = timeout_s or s.http_timeout_s
+        self.backend_name = backend
+        if backend == "http":
+            if not base_url:
+                raise ConfigError("the http backend needs base_url (your `llm-jobs serve` URL)")
+            self._backend: Backend = HttpBackend(base_url, api_key, timeout_s=timeout, **backend_options)
+        elif backend == "runpod":
+            endpoint = endpoint_id or s.runpod_endpoint_id
+            key = api_key or (s.runpod_api_key.get_secret_value() if s.runpod_api_key else None)
+            if not endpoint:
+                raise ConfigError("the runpod backend needs endpoint_id (or RUNPOD_ENDPOINT_ID)")
+            client = RunpodClient(endpoint, key, base_url=base_url or s.runpod_base_url, timeout_s=timeout)
+            self._backend = RunpodBackend(client, **backend_options)
+        elif backend == "modal":
+            self._backend = ModalBackend(s)
+        elif backend == "local":
+            self._backend = LocalBackend(s, **backend_options)
+        else:
+            raise ConfigError(f"unknown backend {backend!r}: http, runpod, modal or local")
+
+    async def submit(self, job: JobInput, **options: Any) -> AsyncJob:
+        """Submit a Job, a job document, a list of items, or a job file (Job JSON, items or OpenAI Batch JSONL).
+
+        Keyword options (template, system, sampling, response_format, chunk_size, id, ...) apply to
+        the job. The input is validated here first: an InputError names the line and field.
+        """
+        doc = _document(job, options)
+        answer = await self._backend.submit(doc)
+        return AsyncJob(self._backend, answer.get("id", doc["id"]), answer)
+
+    def job(self, job_id: str) -> AsyncJob:
+        """A handle on a job submitted earlier (stream, wait, results, cancel)."""
+        return AsyncJob(self._backend, job_id, {})
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        """A job's status and counters."""
+        return await self._backend.get(job_id)
+
+    async def aclose(self) -> None:
+        await self._backend.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class JobHandle:
+    """The blocking twin of AsyncJob."""
+
+    def __init__(self, portal: BlockingPortal, job: AsyncJob):
+        self._portal, self._job = portal, job
+        self.id = job.id
+
+    def __repr__(self) -> str:
+        return f"JobHandle(id={self.id!r})"
+
+    def _iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
+        while True:
+            try:
+                yield self._portal.call(agen.__anext__)
+            except StopAsyncIteration:
+                return
+
+    def stream(self) -> Iterator[dict[str, Any]]:
+        return self._iterate(self._job.stream())
+
+    def wait(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> dict[str, Any]:
+        return self._portal.call(lambda: self._job.wait(timeout, raise_on_failure=raise_on_failure))
+
+    def results(self, *, page_size: int = 500) -> Iterator[Result]:
+        return self._iterate(self._job.results(page_size=page_size))
+
+    def status(self) -> dict[str, Any]:
+        return self._portal.call(self._job.status)
+
+    def cancel(self) -> dict[str, Any]:
+        return self._portal.call(self._job.cancel)
+
+
+class Client:
+    """The blocking client: the same backends and calls as AsyncClient."""
+
+    def __init__(self, backend: BackendName = "http", **kwargs: Any):
+        self._portal_cm = start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        try:
+            self._async = self._portal.call(lambda: _make(backend, kwargs))
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+
+    def submit(self, job: JobInput, **options: Any) -> JobHandle:
+        return JobHandle(self._portal, self._portal.call(lambda: self._async.submit(job, **options)))
+
+    def job(self, job_id: str) -> JobHandle:
+        return JobHandle(self._portal, self._async.job(job_id))
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self._portal.call(self._async.get, job_id)
+
+    def close(self) -> None:
+        try:
+            self._portal.call(self._async.aclose)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def _make(backend: BackendName, kwargs: dict[str, Any]) -> AsyncClient:
+    return AsyncClient(backend, **kwargs)  # created inside the portal's loop, where it will run
