@@ -1,13 +1,24 @@
-"""llm-jobs contracts and clients. Imports without vllm or torch."""
+"""llm-jobs contracts and clients. Imports without vllm or torch.
+
+    from shared import AsyncClient
+    async with AsyncClient("http", base_url=URL, api_key=KEY) as client:
+        job = await client.submit("essays.jsonl", template=TEMPLATE)
+        async for event in job.stream(): ...
+"""
 
 from shared.errors import (
+    ApiError,
+    AuthError,
     ConfigError,
     EngineDeadError,
     EngineError,
     ErrorCode,
     InputError,
     Issue,
+    JobFailed,
     LLMJobsError,
+    NotFound,
+    RateLimited,
 )
 from shared.inputs import parse_job, parse_job_text
 from shared.models import (
@@ -27,10 +38,16 @@ from shared.models import (
     Summary,
     Usage,
 )
+from shared.sdk import AsyncClient, AsyncJob, Client, JobHandle
 from shared.settings import Settings, get_settings
 
 __all__ = [
+    "ApiError",
+    "AsyncClient",
+    "AsyncJob",
+    "AuthError",
     "ChunkEvent",
+    "Client",
     "ConfigError",
     "EngineDeadError",
     "EngineError",
@@ -41,10 +58,14 @@ __all__ = [
     "Issue",
     "Item",
     "Job",
+    "JobFailed",
+    "JobHandle",
     "JobOptions",
     "JobStatus",
     "LLMJobsError",
+    "NotFound",
     "Progress",
+    "RateLimited",
     "Rejection",
     "ResponseFormat",
     "Result",

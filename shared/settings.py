@@ -137,6 +137,12 @@ class Settings(BaseSettings):
     #: what your deployment does, for the `estimated_time_s` a submit answers
     estimate_items_per_s: float = Field(default=5.0, gt=0)
 
+    # ## The SDK and CLI as clients of a deployed API
+    #: the API's base URL, e.g. https://jobs.example.com (the SDK's and `submit --backend http`'s default)
+    api_url: str | None = None
+    #: the key the SDK sends to that API; never logged
+    api_key: SecretStr | None = None
+
     # ## RunPod and Modal, as dispatchers and SDK backends
     runpod_endpoint_id: str | None = None
     #: never logged

@@ -142,8 +142,16 @@ def _parse(raw: bytes, content_type: str, state: State, *, job_id: str | None, s
         return parse_job_document(doc, **checks), doc
     # JSONL: items or OpenAI Batch lines, one a line; the id (idempotency key) comes from ?id=
     job = parse_job_text(text, options={"id": job_id or new_job_id()}, **checks)
-    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return job, {"id": job.id, "result_format": job.result_format, "items": lines}
+    return job, {"id": job.id, "result_format": job.result_format,
+                 "items": [_line(line) for line in text.splitlines() if line.strip()]}
+
+
+def _line(line: str) -> Any:
+    """A JSONL line for the forwarded document; a broken one stays a string, so the worker rejects it too."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return line
 
 
 def _view(r: JobRecord) -> JobView:

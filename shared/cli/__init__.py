@@ -9,7 +9,7 @@ import typer
 from shared.cli.queue_cmds import queue_app, submit, watch, worker
 from shared.cli.read import results, status
 from shared.cli.run import run
-from shared.cli.serve import serve, serve_runpod
+from shared.cli.serve import openapi, serve, serve_runpod
 from shared.cli.validate import validate
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command(help="Follow a queued job's progress until it ends.")(watch)
 app.command(help="Run jobs from the queue on one engine.")(worker)
 app.command(help="Run the HTTP API for the frontend and the SDK.")(serve)
 app.command("serve-runpod", help="Serve RunPod's HTTP contract locally, running the real handler.")(serve_runpod)
+app.command(help="Write the API's OpenAPI document (openapi.json).")(openapi)
 app.add_typer(queue_app, name="queue")
 
 

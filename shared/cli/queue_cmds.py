@@ -60,12 +60,21 @@ def submit(
     schema: Annotated[Path | None, typer.Option(help="JSON schema file: structured output.")] = None,
     max_tokens: Annotated[int | None, typer.Option()] = None,
     chunk_size: Annotated[int | None, typer.Option()] = None,
+    backend: Annotated[Literal["queue", "http", "runpod", "modal", "local"], typer.Option(
+        help="queue: the Upstash queue; http: our API (API_URL); runpod: RUNPOD_ENDPOINT_ID; modal: the "
+             "deployed app; local: an engine here. All but queue go through the SDK.")] = "queue",
+    wait: Annotated[bool, typer.Option(help="Follow the job to its end (always on for local).")] = False,
 ) -> None:
     settings = get_settings()
     opts = job_options(job_id=job_id, template=template, system=system, schema=schema, json_object=False,
                        max_tokens=max_tokens, temperature=None, top_p=None, seed=None, chunk_size=chunk_size,
                        chunk_interval=None)
-    job = load(input, settings, opts, any_model=False, strict=False)
+    job = load(input, settings, opts, any_model=backend != "queue", strict=backend != "queue")
+    if backend != "queue":
+        from shared.cli.sdk_submit import submit_with_sdk
+
+        submit_with_sdk(job, backend, settings, wait=wait or backend == "local")
+        return
 
     added = _on_queue(lambda q: q.enqueue(job, priority), settings)
     err.print(f"job {job.id}: {job.total} item(s) " + ("queued" if added else "already known: not queued again")

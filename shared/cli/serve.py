@@ -51,3 +51,20 @@ def serve(
         err.print("[yellow]no API_KEYS set: the API is open (fine on loopback only)[/]")
     err.print(f"llm-jobs API on http://{host}:{port} (dispatcher: {settings.dispatcher}; docs at /docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+
+
+def openapi(
+    output: Annotated[str, typer.Option("-o", "--output", help="Where to write it ('-' for stdout).")] = "openapi.json",
+) -> None:
+    """Write the API's OpenAPI document (commit it: a TypeScript client is generated from it)."""
+    import json
+
+    from shared.api.openapi_doc import openapi_document
+
+    text = json.dumps(openapi_document(), indent=2, ensure_ascii=False) + "\n"
+    if output == "-":
+        print(text, end="")
+    else:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        err.print(f"wrote {output}")

@@ -111,8 +111,10 @@ class AsyncClient:
         timeout = timeout_s or s.http_timeout_s
         self.backend_name = backend
         if backend == "http":
+            base_url = base_url or s.api_url
+            api_key = api_key or (s.api_key.get_secret_value() if s.api_key else None)
             if not base_url:
-                raise ConfigError("the http backend needs base_url (your `llm-jobs serve` URL)")
+                raise ConfigError("the http backend needs base_url (or API_URL): your `llm-jobs serve` URL")
             self._backend: Backend = HttpBackend(base_url, api_key, timeout_s=timeout, **backend_options)
         elif backend == "runpod":
             endpoint = endpoint_id or s.runpod_endpoint_id

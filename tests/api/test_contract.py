@@ -1,0 +1,40 @@
+"""The committed openapi.json is the API's document, and the SDK's public names are pinned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import shared
+import shared.sdk
+from shared.api.openapi_doc import openapi_document
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_openapi_json_is_up_to_date():
+    committed = json.loads((ROOT / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(openapi_document())), "run: llm-jobs openapi"
+
+
+def test_openapi_document_is_complete():
+    doc = openapi_document()
+    paths = doc["paths"]
+    assert set(paths) == {"/healthz", "/readyz", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/results",
+                          "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel"}
+    submit = paths["/v1/jobs"]["post"]
+    assert set(submit["requestBody"]["content"]) == {"application/json", "application/jsonl"}
+    assert {"202", "200", "413", "422", "401", "403", "429"} <= set(submit["responses"])
+    assert "examples" in doc["components"]["schemas"]["JobIn"]
+    assert "examples" in doc["components"]["schemas"]["JobAccepted"]
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert all(op.get("security") for p, ops in paths.items() if p.startswith("/v1/") for op in ops.values())
+    assert "text/event-stream" in paths["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
+
+
+def test_public_names_are_pinned():
+    assert shared.sdk.__all__ == ["AsyncClient", "AsyncJob", "Client", "JobHandle"]
+    assert {"AsyncClient", "AsyncJob", "Client", "JobHandle", "ApiError", "AuthError", "NotFound", "RateLimited",
+            "JobFailed"} <= set(shared.__all__)
+    for name in shared.__all__:
+        assert getattr(shared, name) is not None
