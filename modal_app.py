@@ -11,15 +11,15 @@
 #   - `run(job)`: the whole job in one call. You can `.spawn()` it, `.map()` it, and it is retried
 #     if the container dies. It persists to the store as it goes, and a retry resumes;
 #   - `drain()`: runs the Upstash queue dry on this container's engine.
-# - `web`, a small HTTP app (`@modal.asgi_app`): POST /jobs spawns `run`, and GET /jobs/{call_id}
-#   polls its `FunctionCall`. The full HTTP API replaces it when it lands.
+# - `web`, the HTTP API (`@modal.asgi_app`): POST /v1/jobs spawns `run`; status, results and
+#   progress events come from the store.
 # - `drain_queue`, a Cron that wakes the GPU class only when the Upstash queue has work.
 #
 # Every config value is a module constant with its reason, so tests can check them offline.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +59,14 @@ RUN_RETRIES = 2
 # The Cron only looks at the queue; it needs no GPU and little time.
 DRAIN_SCHEDULE = "*/5 * * * *"
 DRAIN_CHECK_TIMEOUT_S = 120
-# The web app only validates, spawns and polls: many requests share one small CPU container.
-WEB_TIMEOUT_S = 60
+# The web app (the HTTP API) only validates, spawns and reads the store: many requests share one
+# small CPU container. An event stream lives at most WEB_TIMEOUT_S; clients resume it with
+# Last-Event-ID (the SDK does), so a long job's stream survives the cut.
+WEB_TIMEOUT_S = 10 * 60
 WEB_MAX_INPUTS = 100
-# The interim app has no API keys of its own, so Modal's proxy guards it: callers send the
-# Modal-Key and Modal-Secret headers of a proxy auth token (modal.com -> Settings -> Proxy Auth).
-WEB_REQUIRES_PROXY_AUTH = True
+# The API checks its own bearer keys (API_KEYS in the `llm-jobs-config` secret; it refuses to start
+# without them), so a Vercel app calls it directly, with no Modal proxy token.
+WEB_REQUIRES_PROXY_AUTH = False
 
 # ## Caches on volumes
 #
@@ -173,28 +175,21 @@ class LLMJobs:
 
 # ## The web app
 #
-# Until the HTTP API lands, submit and poll through Modal itself: `spawn` returns a FunctionCall
-# id, and `FunctionCall.from_id` finds it again from any container.
+# The HTTP API (shared/api), with DISPATCHER=modal: a submitted job is spawned on `LLMJobs.run`,
+# its status, results and progress events come from the store the GPU class writes to.
 
 
-def web_app(submit: Callable[[dict[str, Any]], Awaitable[str]] | None = None,
-            poll: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None):
-    """The ASGI app. `submit`/`poll` default to Modal's spawn/FunctionCall; tests pass local ones."""
-    from handler.platforms.modal import create_web_app
+def web_app(dispatcher=None):
+    """The ASGI app; tests pass a dispatcher that runs jobs locally instead of spawning them."""
+    from handler.platforms.modal import api_app
 
-    async def spawn(job: dict[str, Any]) -> str:
-        call = await LLMJobs().run.spawn.aio(job)
-        return call.object_id
+    return api_app(dispatcher or _spawner())
 
-    async def get_call(call_id: str) -> dict[str, Any] | None:
-        try:
-            return await modal.FunctionCall.from_id(call_id).get.aio(timeout=0)
-        except TimeoutError:
-            return None  # still running
-        except Exception as e:  # the call failed after its retries: tell the caller why
-            return {"type": "error", "call_id": call_id, "error": f"{type(e).__name__}: {e}"}
 
-    return create_web_app(submit or spawn, poll or get_call)
+def _spawner():
+    from shared.api.dispatch import ModalDispatcher
+
+    return ModalDispatcher(LLMJobs)
 
 
 @app.function(image=image, secrets=SECRETS, timeout=WEB_TIMEOUT_S)

@@ -1,4 +1,4 @@
-"""A fake engine for fast unit tests of the runner's logic (never the only test of an integration)."""
+"""Fakes for fast unit tests of logic (never the only test of an integration): an engine, an API dispatcher."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from handler.engine.base import Completion
+from shared.api.events import MemoryEvents
 from shared.errors import EngineDeadError, ErrorCode, ItemFailure
 from shared.prepare import Request
 
@@ -48,3 +49,25 @@ class FakeEngine:
 
     async def close(self) -> None:
         self.closed = True
+
+
+class RecordingDispatcher:
+    """An API dispatcher that records jobs and ends them at once (for testing the HTTP layer)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.events = MemoryEvents()
+        self.jobs: list[str] = []
+
+    async def submit(self, job, doc) -> None:
+        self.jobs.append(job.id)
+        self.events.publish(job.id, {"type": "final", "job_id": job.id, "status": "completed", "summary": None})
+
+    async def cancel(self, job_id: str) -> bool:
+        return False
+
+    async def ready(self) -> dict:
+        return {"recorded": len(self.jobs)}
+
+    async def close(self) -> None: ...

@@ -1,24 +1,18 @@
 """What modal_app.py's class, web app and Cron do, kept here so the app file stays wiring only.
 
 Nothing here imports modal: it is plain async code over a JobService, so it runs (and is
-tested) anywhere. (FastAPI is imported at the top: it resolves the routes' annotations from
-this module's globals.)
+tested) anywhere.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any
-
-from fastapi import Body, FastAPI, HTTPException
-from fastapi.responses import JSONResponse
+from collections.abc import AsyncIterator
+from typing import Any
 
 from handler.service import JobService
-from shared.errors import InputError, JobFailed
-from shared.inputs import parse_job_document
-from shared.models import JobStatus, new_job_id
-from shared.prepare import Limits
+from shared.errors import ConfigError, InputError, JobFailed
+from shared.models import JobStatus
 from shared.queue import JobQueue
 from shared.settings import Settings, get_settings
 
@@ -81,37 +75,11 @@ async def queued_jobs(settings: Settings) -> int:
     return sum(v for k, v in stats.items() if k.startswith("queued_")) + stats["retrying"]
 
 
-def create_web_app(submit: Callable[[dict[str, Any]], Awaitable[str]],
-                   poll: Callable[[str], Awaitable[dict[str, Any] | None]]):
-    """POST /jobs spawns a run and answers its call id; GET /jobs/{call_id} answers 202 while it runs,
-    then the final event (or `{"type": "error", ...}` when the call failed for good)."""
-    app = FastAPI(title="llm-jobs on Modal (interim)",
-                  description="Submit a job (spawns LLMJobs.run) and poll its FunctionCall.")
-    limits = Limits.from_settings(get_settings())
+def api_app(dispatcher: Any):
+    """The HTTP API for Modal's web function. It refuses to run open: API_KEYS must be set."""
+    from shared.api import create_app
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.post("/jobs", status_code=202)
-    async def create(job: Annotated[Any, Body()]) -> dict[str, Any]:
-        if isinstance(job, dict) and not job.get("id"):
-            job = {**job, "id": new_job_id()}  # named before spawning, so a retried call resumes it
-        try:
-            # structure and items are checked here; the model name is checked by the engine
-            parsed = parse_job_document(job, limits=limits, any_model=True)
-        except InputError as e:
-            raise HTTPException(422, detail=[issue.as_dict() for issue in e.issues]) from e
-        call_id = await submit(job)
-        return {"id": parsed.id, "call_id": call_id, "status": "queued", "total": parsed.total,
-                "status_url": f"/jobs/{call_id}"}
-
-    @app.get("/jobs/{call_id}")
-    async def status(call_id: str):
-        final = await poll(call_id)
-        if final is None:
-            return JSONResponse({"call_id": call_id, "status": "running"}, status_code=202)
-        return {"call_id": call_id, **final}
-
-    return app
-
+    settings = get_settings()
+    if not settings.api_keys:
+        raise ConfigError("set API_KEYS (in the llm-jobs-config secret): the API on Modal is public")
+    return create_app(settings.model_copy(update={"dispatcher": "modal"}), dispatcher=dispatcher)

@@ -158,11 +158,12 @@ class ModalDispatcher:
     name = "modal"
     events = None
 
-    def __init__(self, app_name: str, class_name: str):
+    def __init__(self, cls: Any):
+        """`cls`: the LLMJobs class, from modal_app.py or `modal.Cls.from_name(app, "LLMJobs")`."""
         import modal
 
         self._modal = modal
-        self._cls = modal.Cls.from_name(app_name, class_name)
+        self._cls = cls
         self._calls: dict[str, str] = {}  # job id -> FunctionCall id
 
     async def submit(self, job: Job, doc: dict[str, Any]) -> None:
@@ -192,5 +193,7 @@ def make_dispatcher(settings: Settings, store: Store) -> Dispatcher:
         return RunpodDispatcher(RunpodClient(settings.runpod_endpoint_id, settings.runpod_api_key.get_secret_value(),
                                              base_url=settings.runpod_base_url, timeout_s=settings.http_timeout_s))
     if settings.dispatcher == "modal":
-        return ModalDispatcher(settings.modal_app_name, settings.modal_class_name)
+        import modal
+
+        return ModalDispatcher(modal.Cls.from_name(settings.modal_app_name, settings.modal_class_name))
     return LocalDispatcher(settings, store)

@@ -11,32 +11,12 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from shared.api import create_app
-from shared.api.events import MemoryEvents
 from shared.settings import Settings
 from shared.stores.sqlite import SQLiteStore
+from tests.fakes import RecordingDispatcher
 from tests.support.serve import ThreadedServer
 
 KEY = "fuzz-key"
-
-
-class RecordingDispatcher:
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.events = MemoryEvents()
-        self.jobs: list[str] = []
-
-    async def submit(self, job, doc) -> None:
-        self.jobs.append(job.id)
-        self.events.publish(job.id, {"type": "final", "job_id": job.id, "status": "completed", "summary": None})
-
-    async def cancel(self, job_id: str) -> bool:
-        return False
-
-    async def ready(self) -> dict:
-        return {"recorded": len(self.jobs)}
-
-    async def close(self) -> None: ...
 
 
 def _server(tmp_dir) -> ThreadedServer:

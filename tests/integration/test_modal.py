@@ -5,6 +5,7 @@ nothing here can reach Modal; deploying is the one part that cannot run here."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -17,12 +18,12 @@ from fastapi.testclient import TestClient
 import modal_app
 from handler.platforms.modal import queued_jobs
 from handler.service import JobService
-from shared.errors import JobFailed
+from shared.errors import ConfigError, JobFailed
 from shared.models import Job
 from shared.settings import Settings
 from shared.stores.sqlite import SQLiteStore
 from tests.conftest import UPSTASH_TOKEN, make_queue
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, RecordingDispatcher
 from tests.integration.conftest import engine_settings
 from tests.integration.test_runpod import job_input
 
@@ -53,7 +54,7 @@ def test_schedule_web_app_and_image_env():
     assert modal_app.drain_queue.info().schedule.startswith("Cron('*/5 * * * *'")
     assert modal_app.drain_queue.info().gpus == []  # the Cron only looks at the queue
     web = modal_app.web.info()
-    assert web.web_info is not None and web.web_info.unauthenticated is False  # Modal's proxy auth guards it
+    assert web.web_info is not None and web.web_info.unauthenticated is True  # the API checks its own keys
     assert web.concurrency_info.max_inputs == modal_app.WEB_MAX_INPUTS
     # every variable the image sets is a Settings field, and the caches sit on the volumes
     fields = {name.upper() for name in Settings.model_fields}
@@ -121,52 +122,66 @@ async def test_run_raises_when_the_job_fails_so_modal_retries(tmp_path):
         await service.close()
 
 
-# ## The web app
+# ## The web app: the HTTP API with DISPATCHER=modal
 
 
-def test_web_app_validates_before_spawning():
-    spawned = []
+@pytest.fixture
+def api_env(monkeypatch, tmp_path):
+    from shared.settings import get_settings
 
-    async def submit(job):
-        spawned.append(job)
-        return "fc-test"
+    monkeypatch.setenv("API_KEYS", "modal-key")
+    monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "jobs.db"))
+    monkeypatch.setenv("RATE_LIMIT_PER_MINUTE", "0")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
-    async def poll(call_id):
-        return None
 
-    with TestClient(modal_app.web_app(submit, poll)) as client:
+def test_web_app_is_the_api_and_refuses_to_run_open(api_env, monkeypatch):
+    from shared.settings import get_settings
+
+    recorder = RecordingDispatcher()
+    with TestClient(modal_app.web_app(recorder)) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
-        r = client.post("/jobs", json={"items": [{"custom_id": "a", "prompt": "hi"}], "chunk_size": -1})
+        assert client.post("/v1/jobs", json=job_input(1)).status_code == 401
+        auth = {"Authorization": "Bearer modal-key"}
+        r = client.post("/v1/jobs", json={**job_input(1), "chunk_size": -1}, headers=auth)
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "chunk_size"
-        assert spawned == []
-        r = client.post("/jobs", json={"items": [{"custom_id": "a", "prompt": "hi"}]})
-        assert r.status_code == 202 and r.json()["call_id"] == "fc-test" and r.json()["total"] == 1
-        assert spawned[0]["id"] == r.json()["id"]  # named before spawning: a retried call resumes it
-        assert client.get("/jobs/fc-test").status_code == 202
+        assert recorder.jobs == []
+        r = client.post("/v1/jobs", json=job_input(2), headers=auth)
+        assert r.status_code == 202 and recorder.jobs == [r.json()["id"]]
+    monkeypatch.delenv("API_KEYS")
+    get_settings.cache_clear()
+    with pytest.raises(ConfigError, match="API_KEYS"):
+        modal_app.web_app(recorder)
 
 
-async def test_web_app_submit_then_poll_runs_the_job_locally(local_service):
-    calls: dict[str, asyncio.Task] = {}
+async def test_web_app_spawns_and_streams_from_the_store(api_env, local_service, tmp_path):
+    class LocalSpawn(RecordingDispatcher):
+        """Runs `LLMJobs.run` locally where Modal would spawn it."""
 
-    async def submit(job):
-        calls[f"fc-{len(calls)}"] = asyncio.create_task(modal_app.LLMJobs().run.local(job))
-        return f"fc-{len(calls) - 1}"
+        events = None
 
-    async def poll(call_id):
-        task = calls[call_id]
-        return task.result() if task.done() else None
+        async def submit(self, job, doc):
+            self.jobs.append(asyncio.create_task(modal_app.LLMJobs().run.local(doc)))
 
-    transport = httpx.ASGITransport(app=modal_app.web_app(submit, poll))
-    async with httpx.AsyncClient(transport=transport, base_url="http://modal.test") as client:
-        r = await client.post("/jobs", json=job_input(4))
+    app = modal_app.web_app(LocalSpawn())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://modal.test",
+                                 headers={"Authorization": "Bearer modal-key"}) as client:
+        r = await client.post("/v1/jobs", json={**job_input(4), "id": "modal-web"})
         assert r.status_code == 202
-        for _ in range(600):
-            s = await client.get(f"/jobs/{r.json()['call_id']}")
-            if s.status_code == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert s.json()["status"] == "completed" and s.json()["job_id"] == r.json()["id"]
-    assert len(await local_service.store.results(r.json()["id"])) == 4
+        events = []
+        async with client.stream("GET", "/v1/jobs/modal-web/events") as s:
+            async for line in s.aiter_lines():
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    if events[-1]["type"] == "final":
+                        break
+        assert events[-1]["status"] == "completed"  # progress events from the store, then final
+        assert {e["type"] for e in events} <= {"progress", "final"}
+        page = (await client.get("/v1/jobs/modal-web/results")).json()
+        assert len(page["data"]) == 4
 
 
 async def test_cron_skips_the_gpu_when_the_queue_is_empty(local_service, monkeypatch):
