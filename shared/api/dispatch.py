@@ -47,7 +47,10 @@ class QueueDispatcher:
         self.events = QueueEvents(queue)
 
     async def submit(self, job: Job, doc: dict[str, Any]) -> None:
-        await self.queue.enqueue(job)
+        # a job the queue knows already is in its hands (queued, running or waiting out a retry),
+        # unless it was dead-lettered: then a re-submit brings it back with fresh attempts
+        if not await self.queue.enqueue(job):
+            await self.queue.requeue(job.id)
 
     async def cancel(self, job_id: str) -> bool:
         return await self.queue.cancel(job_id)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -49,10 +48,17 @@ class QueueEvents:
 
 
 class MemoryEvents:
-    def __init__(self) -> None:
-        self._events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    """Events of the jobs this process ran, the last `keep_jobs` of them (older ones: the store answers)."""
+
+    def __init__(self, keep_jobs: int = 1000) -> None:
+        self.keep_jobs = keep_jobs
+        self._events: dict[str, list[dict[str, Any]]] = {}
 
     def publish(self, job_id: str, data: dict[str, Any]) -> None:
+        if job_id not in self._events:
+            self._events[job_id] = []
+            while len(self._events) > self.keep_jobs:
+                del self._events[next(iter(self._events))]
         self._events[job_id].append(data)
 
     def forget(self, job_id: str) -> None:

@@ -64,3 +64,18 @@ def test_worker_vllm_input_becomes_a_one_item_job():
         from_worker_vllm({"prompt": "hi", "sampling_params": {"top_k": 3, "n": 2}, "best_of": 2})
     fields = {i.field for i in e.value.issues}
     assert fields == {"sampling_params.top_k", "sampling_params.n", "best_of"}
+
+
+async def test_memory_events_resume_by_id_and_forget_the_oldest_jobs():
+    from shared.api.events import MemoryEvents
+
+    events = MemoryEvents(keep_jobs=2)
+    for i in range(3):
+        events.publish("a", {"type": "chunk", "seq": i})
+    assert [e.id for e in await events.after("a", None)] == ["1", "2", "3"]
+    assert [e.data["seq"] for e in await events.after("a", "2")] == [2]
+    assert await events.after("a", "3") == []
+    events.publish("b", {"type": "final"})
+    events.publish("c", {"type": "final"})
+    assert await events.after("a", None) == []  # forgotten: the store still answers for it
+    assert len(await events.after("c", None)) == 1
