@@ -271,28 +271,45 @@ class LocalBackend(_StoreReads):
 
 
 class ModalBackend(_StoreReads):
-    """`LLMJobs.run.spawn` on the deployed app. Live chunks need the http backend (DISPATCHER=modal);
-    here the stream is the final event, and results are read from the store Settings configure."""
+    """The deployed Modal app. Default: `LLMJobs.run.spawn` (durable; retried if a container dies),
+    and the stream is the final event. With `live=True`: `LLMJobs.stream.remote_gen`, every chunk
+    as it is stored; the job runs while the stream is read (closing it stops the job, and a
+    re-submit with the same id resumes). Results are read from the store Settings configure."""
 
-    def __init__(self, settings: Settings):
-        import modal
+    def __init__(self, settings: Settings, *, live: bool = False, cls: Any = None, store: Any = None):
+        if cls is None:
+            import modal
 
-        self._modal = modal
-        self._cls = modal.Cls.from_name(settings.modal_app_name, settings.modal_class_name)
-        self.store = open_store(settings)
-        self._calls: dict[str, Any] = {}
+            cls = modal.Cls.from_name(settings.modal_app_name, settings.modal_class_name)
+        self._cls = cls
+        self.live = live
+        self.store = store or open_store(settings)
+        self._calls: dict[str, Any] = {}  # job id -> FunctionCall (spawned)
+        self._docs: dict[str, dict[str, Any]] = {}  # job id -> document (live, not started yet)
 
     async def submit(self, doc: dict[str, Any]) -> dict[str, Any]:
+        if self.live:
+            self._docs[doc["id"]] = doc
+            return {"id": doc["id"], "status": "queued"}
         call = await self._cls().run.spawn.aio(doc)
         self._calls[doc["id"]] = call
         return {"id": doc["id"], "status": "queued", "call_id": call.object_id}
 
     async def events(self, job_id: str, after: str | None) -> AsyncIterator[Event]:
+        if job_id in self._docs:
+            n = 0
+            async for event in self._cls().stream.remote_gen.aio(self._docs[job_id]):
+                n += 1
+                yield str(n), event
+            self._docs.pop(job_id, None)
+            return
         final = await self._calls[job_id].get.aio()
         yield "final", final
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
-        await self._calls[job_id].cancel.aio()
+        if job_id in self._calls:
+            await self._calls[job_id].cancel.aio()
+        self._docs.pop(job_id, None)
         return {"id": job_id, "status": "cancelled"}
 
     async def aclose(self) -> None:

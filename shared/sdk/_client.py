@@ -124,7 +124,7 @@ class AsyncClient:
             client = RunpodClient(endpoint, key, base_url=base_url or s.runpod_base_url, timeout_s=timeout)
             self._backend = RunpodBackend(client, **backend_options)
         elif backend == "modal":
-            self._backend = ModalBackend(s)
+            self._backend = ModalBackend(s, **backend_options)
         elif backend == "local":
             self._backend = LocalBackend(s, **backend_options)
         else:
