@@ -208,13 +208,12 @@ def _routes(app: FastAPI, state: State) -> None:
         raw = await _body(request, s.max_body_bytes)
         job, doc = _parse(raw, request.headers.get("content-type", "application/json"), state, job_id=id, strict=strict)
         created = await state.store.accept(job)
-        status_code = 202
         if not created:
             record = await _record(state, job.id)
             if record.status not in (JobStatus.failed, JobStatus.cancelled):
                 return JSONResponse(_accepted(job, record.status, created=False).model_dump(), status_code=200)
         await state.dispatcher.submit(job, doc)  # a known failed/cancelled job runs again and resumes
-        return JSONResponse(_accepted(job, JobStatus.queued, created=created).model_dump(), status_code=status_code)
+        return JSONResponse(_accepted(job, JobStatus.queued, created=created).model_dump(), status_code=202)
 
     def _accepted(job: Job, status: JobStatus, *, created: bool) -> JobAccepted:
         base = f"/v1/jobs/{job.id}"
