@@ -91,7 +91,7 @@ SECRETS = [modal.Secret.from_name(name) for name in SECRET_NAMES]
 
 # ## The image
 #
-# vLLM from PyPI, then this package with the `gpu` extra, whose pins come from pyproject.toml.
+# vLLM from PyPI, then this package's server and `gpu` extras, whose pins come from pyproject.toml.
 # The environment points the caches at the volumes. Settings reads HF_HOME and VLLM_CACHE_ROOT
 # from there and hands them to vLLM.
 ROOT = Path(__file__).parent
@@ -104,7 +104,7 @@ image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
     # vLLM first, in its own layer: editing pyproject.toml does not reinstall it
     .uv_pip_install(f"vllm=={VLLM_VERSION}")
-    .pip_install_from_pyproject(str(ROOT / "pyproject.toml"), optional_dependencies=["gpu"])
+    .pip_install_from_pyproject(str(ROOT / "pyproject.toml"), optional_dependencies=["stores", "cli", "server", "gpu"])
     .env(IMAGE_ENV)
     .add_local_python_source("handler", "shared")
 )
@@ -130,9 +130,11 @@ class LLMJobs:
     @modal.enter()
     def boot(self) -> None:
         """Boot vLLM once per container, before the first input (heavy imports stay in here)."""
+        from handler.logs import setup_logging
         from handler.service import JobService
-        from shared.settings import get_settings
+        from shared.contracts.settings import get_settings
 
+        setup_logging(get_settings())
         self.service = JobService.boot(get_settings())
 
     async def _service(self):
@@ -140,7 +142,7 @@ class LLMJobs:
         # so boot on first use; in a container `boot` already ran and this returns at once.
         if getattr(self, "service", None) is None:
             from handler.service import JobService
-            from shared.settings import get_settings
+            from shared.contracts.settings import get_settings
 
             self.service = await JobService.start(get_settings())
         return self.service
@@ -175,19 +177,21 @@ class LLMJobs:
 
 # ## The web app
 #
-# The HTTP API (shared/api), with DISPATCHER=modal: a submitted job is spawned on `LLMJobs.run`,
+# The HTTP API (shared/server/api), with DISPATCHER=modal: a submitted job is spawned on `LLMJobs.run`,
 # its status, results and progress events come from the store the GPU class writes to.
 
 
 def web_app(dispatcher=None):
     """The ASGI app; tests pass a dispatcher that runs jobs locally instead of spawning them."""
-    from handler.platforms.modal import api_app
+    from shared.contracts.settings import get_settings
+    from shared.server.api import create_public_app
 
-    return api_app(dispatcher or _spawner())
+    settings = get_settings().model_copy(update={"dispatcher": "modal"})
+    return create_public_app(settings, dispatcher=dispatcher or _spawner())
 
 
 def _spawner():
-    from shared.api.dispatch import ModalDispatcher
+    from shared.server.dispatch import ModalDispatcher
 
     return ModalDispatcher(LLMJobs)
 
@@ -208,7 +212,7 @@ def web():
 @app.function(image=image, secrets=SECRETS, schedule=modal.Cron(DRAIN_SCHEDULE), timeout=DRAIN_CHECK_TIMEOUT_S)
 async def drain_queue() -> dict[str, Any]:
     from handler.platforms.modal import queued_jobs
-    from shared.settings import get_settings
+    from shared.contracts.settings import get_settings
 
     waiting = await queued_jobs(get_settings())
     if not waiting:

@@ -15,12 +15,15 @@ import logging
 import runpod
 
 from handler.health import HealthBeat
+from handler.logs import quiet_spawned_process, setup_logging
 from handler.platforms.runpod import RunpodHandler, set_sdk_log_level
 from handler.service import JobService
-from shared.cli.common import setup_logging
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
 
 log = logging.getLogger("llm_jobs.runpod")
+# vLLM's engine core is a spawned process, which imports this module before vLLM (handler/logs.py)
+quiet_spawned_process()
+
 
 def config(handler: RunpodHandler) -> dict:
     """What `runpod.serverless.start` gets."""
@@ -39,7 +42,7 @@ def main() -> None:
     service = JobService.boot(settings)
     log.info("llm-jobs worker ready (%s); taking up to %d job(s) at once", service.engine.model_name,
              settings.jobs_per_worker)
-    HealthBeat(settings.health_file, lambda: service.alive).start()
+    HealthBeat(settings.health_file, lambda: service.engine.alive).start()
     runpod.serverless.start(config(RunpodHandler(service)))
 
 

@@ -3,7 +3,7 @@ Supabase backend (supabase-py -> the PostgREST test transport -> the same Postgr
 
     python -m benchmarks.store [--rows 20000] [--database-url URL]
 
-Without --database-url it starts a throwaway PostgreSQL 15 cluster (as the tests do). Chunks
+Without --database-url it starts a throwaway PostgreSQL cluster (testkit.pg, as the tests do). Chunks
 are written one after another, as the runner writes them.
 """
 
@@ -13,11 +13,11 @@ import argparse
 import asyncio
 import time
 
-from shared.models import Job, Result, ResultStatus, Usage
+from shared.contracts.models import Job, Result, ResultStatus, Usage
 from shared.stores.postgres import PostgresStore
 from shared.stores.supabase import SupabaseStore
-from tests.conftest import SERVICE_KEY
-from tests.support.postgrest import PostgrestTransport
+from testkit import SERVICE_KEY
+from testkit.postgrest import PostgrestTransport
 
 
 def results(start: int, n: int) -> list[Result]:
@@ -44,7 +44,7 @@ async def main() -> None:
     cluster = None
     url = args.database_url
     if url is None:
-        from tests.support.pg import PgCluster
+        from testkit.pg import PgCluster
 
         cluster = PgCluster()
         url = cluster.url

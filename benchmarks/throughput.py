@@ -20,9 +20,10 @@ import time
 
 from handler.engine.vllm_engine import VLLMEngine
 from handler.runner import run_job
-from shared.models import ChunkEvent, Item, Job, Sampling
-from shared.prepare import Limits, RequestBuilder
-from shared.settings import Settings
+from shared.contracts.events import ChunkEvent
+from shared.contracts.models import Item, Job, Sampling
+from shared.contracts.prepare import Limits, RequestBuilder
+from shared.contracts.settings import Settings
 
 TOPICS = ["the sea", "autumn", "a robot", "coffee", "the moon", "a library", "trains", "mountains",
           "a lost key", "rain", "friendship", "a market", "bicycles", "winter", "a lighthouse", "music"]

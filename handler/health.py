@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
 
 
 class HealthBeat:

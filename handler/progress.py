@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from shared.models import Progress, Result, ResultStatus, Summary
+from shared.contracts.models import Progress, Result, ResultStatus, Summary
 
 
 class ProgressTracker:

@@ -6,10 +6,13 @@ yields a ChunkEvent every `chunk_size` results or every `chunk_interval_s`, whic
 first, then one FinalEvent. Closing the generator cancels the workers, which aborts their
 requests inside the engine.
 
-With a store (DESIGN.md invariants): items already stored are skipped and counted as done;
-a chunk is durable in the store before it is yielded (writes retry with bounded backoff,
-then the job fails with the reason and a re-run resumes); the outcome is recorded by
-`finish`, shielded from cancellation.
+With a store (docs/architecture.md, "Invariants"): items already stored are skipped and counted
+as done; a chunk is durable in the store before it is yielded (writes retry with bounded
+backoff, then the job fails with the reason and a re-run resumes); the outcome is recorded by
+`record_outcome`, shielded from cancellation.
+
+A caller stops a run with a `StopSignal`: `completed`, `failed`, `cancelled` or `stopped` comes
+back as the final event's `outcome`, never as a job status to interpret.
 """
 
 from __future__ import annotations
@@ -18,18 +21,18 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 
 from handler.engine.base import Engine
 from handler.progress import ProgressTracker
-from shared.errors import EngineDeadError, ErrorCode, ItemFailure, StoreError, StoreUnavailable
-from shared.models import ChunkEvent, FinalEvent, Item, Job, JobStatus, Result, ResultStatus, Summary, Usage
-from shared.prepare import Limits, RequestBuilder, check_output
-from shared.stores.base import Store, retrying
+from shared.contracts.errors import EngineDeadError, ErrorCode, InputError, ItemFailure, StoreError, StoreUnavailable
+from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome
+from shared.contracts.models import Item, Job, Result, ResultStatus, Summary, Usage
+from shared.contracts.prepare import Limits, Request, RequestBuilder, builder_for, check_output
+from shared.contracts.settings import DEFAULTS
+from shared.stores.base import Store, record_outcome, retrying
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CHUNK_SIZE = 10
-DEFAULT_CHUNK_INTERVAL_S = 2.0
 
 
 class _Dead:
@@ -39,19 +42,44 @@ class _Dead:
         self.reason = reason
 
 
+@dataclass(eq=False)  # compared and hashed by identity: a worker keeps a set of its running jobs' signals
+class StopSignal:
+    """Ask a running job to stop at once, with the outcome it should end with.
+
+    `stopped` (a worker shutting down) and `cancelled` (a cancel request) are recorded in the
+    store; `record=False` records nothing (a lost lease: another worker owns the job now).
+    The first `set` wins.
+    """
+
+    outcome: Outcome = Outcome.stopped
+    record: bool = True
+    _event: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def set(self, outcome: Outcome = Outcome.stopped, *, record: bool = True) -> None:
+        if not self._event.is_set():
+            self.outcome, self.record = outcome, record
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 class _Stop:
-    """Put on the results queue when the caller asks the run to stop (a worker's SIGTERM)."""
+    """Put on the results queue when the caller's StopSignal is set."""
 
 
-async def _on_stop(stop: asyncio.Event, queue: asyncio.Queue[Result | _Dead | _Stop]) -> None:
+async def _on_stop(stop: StopSignal, queue: asyncio.Queue[Result | _Dead | _Stop]) -> None:
     await stop.wait()
     queue.put_nowait(_Stop())
 
 
-async def _run_item(engine: Engine, builder: RequestBuilder, item: Item) -> Result:
+async def _run_item(engine: Engine, builder: RequestBuilder, built: dict[str, Request], item: Item) -> Result:
     started = time.perf_counter()
     try:
-        request = builder.build(item)
+        request = built.pop(item.custom_id, None) or builder.build(item)
         out = await engine.complete(request)
         usage = Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
                       total_tokens=out.prompt_tokens + out.completion_tokens)
@@ -68,11 +96,11 @@ async def _run_item(engine: Engine, builder: RequestBuilder, item: Item) -> Resu
                               latency_ms=round((time.perf_counter() - started) * 1000, 1))
 
 
-async def _worker(engine: Engine, builder: RequestBuilder, items: Iterator[Item],
+async def _worker(engine: Engine, builder: RequestBuilder, built: dict[str, Request], items: Iterator[Item],
                   out: asyncio.Queue[Result | _Dead | _Stop]) -> None:
     for item in items:  # the iterator is shared: each worker takes the next item
         try:
-            out.put_nowait(await _run_item(engine, builder, item))
+            out.put_nowait(await _run_item(engine, builder, built, item))
         except EngineDeadError as e:
             out.put_nowait(_Dead(str(e)))
             return
@@ -81,14 +109,9 @@ async def _worker(engine: Engine, builder: RequestBuilder, items: Iterator[Item]
             out.put_nowait(Result.failure(item.custom_id, ErrorCode.engine_error, f"{type(e).__name__}: {e}"))
 
 
-async def _finish(store: Store | None, job_id: str, status: JobStatus, summary: Summary, retry_s: float) -> None:
-    if store is None:
-        return
-    try:
-        # shielded: a cancelled job still records that it was cancelled
-        await asyncio.shield(retrying(lambda: store.finish(job_id, status, summary), within_s=retry_s))
-    except StoreError:
-        log.exception("job %s: could not record its outcome (%s)", job_id, status)
+async def _finish(store: Store | None, job_id: str, outcome: Outcome, summary: Summary, retry_s: float) -> None:
+    if store is not None:
+        await record_outcome(store, job_id, outcome, summary, retry_s=retry_s)
 
 
 async def run_job(
@@ -98,23 +121,28 @@ async def run_job(
     store: Store | None = None,
     limits: Limits = Limits(),
     any_model: bool = False,
-    chunk_size: int | None = None,
-    chunk_interval_s: float | None = None,
-    store_retry_s: float = 60.0,
-    close_status: Callable[[], JobStatus | None] = lambda: JobStatus.cancelled,
-    stop: asyncio.Event | None = None,
+    chunk_size: int = DEFAULTS.default_chunk_size,
+    chunk_interval_s: float = DEFAULTS.default_chunk_interval_s,
+    store_retry_s: float = DEFAULTS.store_retry_s,
+    on_close: Outcome | None = Outcome.cancelled,
+    stop: StopSignal | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> AsyncIterator[ChunkEvent | FinalEvent]:
+) -> AsyncIterator[Event]:
     """Run `job` on `engine`; see the module docstring.
 
-    `close_status` is what a closed or cancelled run records: `cancelled` unless the caller says
-    otherwise, or nothing when it returns None. When `stop` is set, the run stops at once:
-    requests in flight are aborted, the results already in are stored and yielded, and the
-    final event says `queued` (the job can be resumed by anyone).
+    `on_close` is what a run records when its consumer closes it or its task is cancelled
+    (RunPod's /cancel): `cancelled`, or nothing with None. When `stop` is set, the run stops at
+    once: requests in flight are aborted, the results already in are stored and yielded, and the
+    final event carries the signal's outcome (`stopped`: anyone can resume the job).
     """
-    size = job.chunk_size or chunk_size or DEFAULT_CHUNK_SIZE
-    interval = job.chunk_interval_s or chunk_interval_s or DEFAULT_CHUNK_INTERVAL_S
-    builder = RequestBuilder(job, limits, engine.served_models, any_model=any_model)
+    size = job.chunk_size or chunk_size
+    interval = job.chunk_interval_s or chunk_interval_s
+    try:
+        builder, built = builder_for(job, limits, engine.served_models, any_model=any_model)
+    except InputError as e:  # a job no engine here can run: say why, run nothing, record nothing
+        yield ErrorEvent(job_id=job.id, error=f"invalid job: {e}")
+        yield FinalEvent.failed(job.id, f"invalid job: {e}", total=job.total)
+        return
 
     done: dict[str, ResultStatus] = {}
     if store is not None:
@@ -124,7 +152,7 @@ async def run_job(
             done = await retrying(lambda: store.done_ids(job.id), within_s=store_retry_s)
         except StoreError as e:
             tracker = ProgressTracker(job.total, clock=clock)
-            yield FinalEvent(job_id=job.id, status=JobStatus.failed, summary=tracker.summary(f"store: {e}"))
+            yield FinalEvent(job_id=job.id, outcome=Outcome.failed, summary=tracker.summary(f"store: {e}"))
             return
     skipped_ok = sum(s == ResultStatus.ok for s in done.values())
     tracker = ProgressTracker(job.total, skipped_ok=skipped_ok, skipped_failed=len(done) - skipped_ok, clock=clock)
@@ -134,7 +162,7 @@ async def run_job(
     buffer: list[Result] = [Result.failure(r.custom_id, r.code, r.describe())
                             for r in job.rejected if r.custom_id not in done]
     items = iter(todo)
-    workers = [asyncio.create_task(_worker(engine, builder, items, queue), name=f"{job.id}-w{i}")
+    workers = [asyncio.create_task(_worker(engine, builder, built, items, queue), name=f"{job.id}-w{i}")
                for i in range(min(engine.capacity, len(todo)))]
     stopper = asyncio.create_task(_on_stop(stop, queue)) if stop is not None else None
     seq = 0
@@ -188,21 +216,27 @@ async def run_job(
         dead = f"store refused a write, stopped: {e}"
     except (asyncio.CancelledError, GeneratorExit):
         await _stop(workers)
-        closed = close_status()
-        if closed is not None:
-            await _finish(store, job.id, closed, tracker.summary(closed.value), store_retry_s)
+        if on_close is not None:
+            await _finish(store, job.id, on_close, tracker.summary(on_close.value), store_retry_s)
         raise
     finally:
         if stopper is not None:
             stopper.cancel()
         await _stop(workers)
-    if stopped and not dead:
-        status, summary = JobStatus.queued, tracker.summary("stopped; stored results are kept, a re-run resumes")
+    if dead:
+        outcome, summary = Outcome.failed, tracker.summary(dead)
+    elif stopped and stop is not None:
+        outcome = stop.outcome
+        summary = tracker.summary("cancelled" if outcome is Outcome.cancelled else
+                                  "stopped; stored results are kept, a re-run resumes")
+        if not stop.record:
+            yield FinalEvent(job_id=job.id, outcome=outcome, summary=summary)
+            return
     else:
-        status = JobStatus.failed if dead else JobStatus.completed
-        summary = tracker.summary(dead)
-    await _finish(store, job.id, status, summary, store_retry_s)
-    yield FinalEvent(job_id=job.id, status=status, summary=summary)
+        outcome, summary = Outcome.completed, tracker.summary()
+    await _finish(store, job.id, outcome, summary, store_retry_s)
+    yield FinalEvent(job_id=job.id, outcome=outcome, summary=summary)
+
 
 
 async def _stop(workers: list[asyncio.Task[None]]) -> None:

@@ -19,11 +19,12 @@ from typing import Any, ClassVar
 
 from handler.engine.base import Engine
 from handler.runner import run_job
-from shared.compat import from_worker_vllm, is_worker_vllm
-from shared.inputs import parse_job_document
-from shared.models import ChunkEvent, FinalEvent, Job
-from shared.prepare import Limits
-from shared.settings import Settings
+from shared.contracts.compat import from_worker_vllm, is_worker_vllm
+from shared.contracts.events import Event
+from shared.contracts.inputs import parse_job_document
+from shared.contracts.models import Job
+from shared.contracts.prepare import Limits
+from shared.contracts.settings import Settings
 from shared.stores import Store, open_store
 
 
@@ -70,10 +71,6 @@ class JobService:
             self._store = open_store(self.settings)
         return self._store
 
-    @property
-    def alive(self) -> bool:
-        return bool(getattr(self.engine, "alive", True))
-
     def parse(self, payload: Any, *, default_id: str | None = None) -> Job:
         """A validated Job from a platform's input: a Job document or a worker-vllm request.
 
@@ -85,7 +82,7 @@ class JobService:
             doc = {**doc, "id": default_id}
         return parse_job_document(doc, limits=self.limits, served_models=self.engine.served_models)
 
-    def events(self, job: Job) -> AsyncIterator[ChunkEvent | FinalEvent]:
+    def events(self, job: Job) -> AsyncIterator[Event]:
         """Run `job` through the runner with the store: chunks as they are stored, then the final event."""
         s = self.settings
         return run_job(job, self.engine, store=self.store, limits=self.limits, chunk_size=s.default_chunk_size,

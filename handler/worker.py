@@ -7,27 +7,29 @@
 - Each job's events go to its Redis stream as they are produced.
 - A job's lease is extended every third of LEASE_S; a lost lease stops the job.
 - A cancelled job stops at its next chunk and is acked; a failed job is nacked (retried with
-  backoff, then dead-lettered). An engine that is really dead stops the worker.
+  backoff, then dead-lettered); a job no engine here can run is dead-lettered at once. An engine
+  that is really dead stops the worker.
 - `stop()` (SIGTERM) takes no new jobs; running jobs stop at once (requests in flight are
-  aborted, results already in are stored), record `queued` and are released, so another worker
+  aborted, results already in are stored), end `stopped` and are released, so another worker
   resumes them without waiting for the lease.
+- The lease is settled by `match` on the run's outcome (docs/architecture.md, "Leases").
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 from dataclasses import dataclass, field
 
 from handler.engine.base import Engine
-from handler.runner import run_job
-from shared.errors import InputError, LLMJobsError, QueueError
-from shared.models import ChunkEvent, FinalEvent, JobStatus
-from shared.prepare import Limits, RequestBuilder
-from shared.queue import JobQueue, Lease
+from handler.runner import StopSignal, run_job
+from shared.contracts.errors import LLMJobsError, QueueError
+from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome
+from shared.contracts.prepare import Limits
+from shared.contracts.settings import DEFAULTS
+from shared.queue.upstash import JobQueue, Lease
 from shared.stores.base import Store
 
 log = logging.getLogger("llm_jobs.worker")
@@ -49,8 +51,9 @@ class WorkerStats:
 
 class Worker:
     def __init__(self, engine: Engine, queue: JobQueue, store: Store, *, worker_id: str | None = None,
-                 concurrency: int = 1, lease_s: float = 120, drain: bool = False, limits: Limits = Limits(),
-                 store_retry_s: float = 60, poll_min_s: float = 0.2, poll_max_s: float = 5.0):
+                 concurrency: int = 1, lease_s: float = DEFAULTS.lease_s, drain: bool = False,
+                 limits: Limits = Limits(), store_retry_s: float = DEFAULTS.store_retry_s, poll_min_s: float = 0.2,
+                 poll_max_s: float = 5.0):
         self.engine, self.queue, self.store = engine, queue, store
         self.worker_id = worker_id or default_worker_id()
         self.concurrency = concurrency
@@ -61,13 +64,16 @@ class Worker:
         self.poll_min_s, self.poll_max_s = poll_min_s, poll_max_s
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
+        self._running: set[StopSignal] = set()
         self._engine_dead = False
 
     def stop(self) -> None:
-        """Take no new jobs; hand running ones back at their next chunk."""
+        """Take no new jobs; stop running ones at once and hand them back."""
         if not self._stopping.is_set():
             log.info("worker=%s stopping: no new jobs; running jobs are handed back", self.worker_id)
         self._stopping.set()
+        for signal in self._running:
+            signal.set(Outcome.stopped)
 
     @property
     def stopping(self) -> bool:
@@ -112,50 +118,43 @@ class Worker:
     async def _queue_empty(self) -> bool:
         """Nothing queued and nothing waiting out a retry backoff (for --drain)."""
         try:
-            stats = await self.queue.stats()
+            return await self.queue.waiting() == 0
         except QueueError:
             return False
-        return sum(v for k, v in stats.items() if k.startswith("queued_")) + stats["retrying"] == 0
 
-    async def _heartbeat(self, lease: Lease, lost: asyncio.Event) -> None:
+    async def _heartbeat(self, lease: Lease, stop: StopSignal) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
                 if not await self.queue.extend(lease, self.lease_s):
                     self._log(lease, "lease lost; stopping this job", level=logging.WARNING)
-                    lost.set()
+                    stop.set(Outcome.stopped, record=False)  # another worker owns it: record nothing
                     return
             except QueueError as e:  # keep trying: the lease may still be ours
                 self._log(lease, "heartbeat failed: %s", e, level=logging.WARNING)
 
     async def _process(self, lease: Lease) -> None:
         job = lease.job
-        try:  # a job that can never run here is dead-lettered at once, not retried
-            RequestBuilder(job, self.limits, self.engine.served_models)
-        except InputError as e:
-            self.stats.dead_lettered += 1
-            self._log(lease, "invalid job, dead-lettered: %s", e, level=logging.WARNING)
-            with contextlib.suppress(LLMJobsError):
-                await self.queue.nack(lease, f"invalid job: {e}", dead_letter=True)
-            return
         self._log(lease, "running %d item(s)", job.total)
-        lost = asyncio.Event()
-        beat = asyncio.create_task(self._heartbeat(lease, lost))
+        stop = StopSignal()
+        self._running.add(stop)
+        if self.stopping:
+            stop.set(Outcome.stopped)
+        beat = asyncio.create_task(self._heartbeat(lease, stop))
         final: FinalEvent | None = None
-        stop_reason: str | None = None
+        invalid = False
         crash: str | None = None
-        # a lost lease means another worker owns the job now: record nothing over its work
         gen = run_job(job, self.engine, store=self.store, limits=self.limits, store_retry_s=self.store_retry_s,
-                      stop=self._stopping, close_status=lambda: None if lost.is_set() else JobStatus.cancelled)
+                      stop=stop, on_close=None)
         try:
             async for event in gen:
-                await self._publish(job.id, event)
                 if isinstance(event, FinalEvent):
                     final = event
-                elif isinstance(event, ChunkEvent):
-                    stop_reason = await self._should_stop(job.id, lost)
-                    if stop_reason:
-                        break
+                invalid = invalid or isinstance(event, ErrorEvent)
+                if final is None or final.outcome is not Outcome.stopped:
+                    await self._publish(job.id, event)  # a stopped job is not over: readers wait for its next run
+                if isinstance(event, ChunkEvent) and not stop.is_set() and await self._cancelled(job.id):
+                    stop.set(Outcome.cancelled)
         except Exception as e:  # a bug must not kill the worker; the job is retried, then dead-lettered
             crash = f"{type(e).__name__}: {e}"
             self._log(lease, "crashed: %s", crash, level=logging.ERROR)
@@ -163,60 +162,62 @@ class Worker:
         finally:
             await gen.aclose()
             beat.cancel()
-        await self._settle(lease, final, stop_reason, crash)
-
-    async def _should_stop(self, job_id: str, lost: asyncio.Event) -> str | None:
-        if lost.is_set():
-            return "lost"
+            self._running.discard(stop)
         try:
-            if await self.queue.is_cancelled(job_id):
-                return "cancelled"
-        except QueueError as e:
-            log.warning("job=%s worker=%s cancel check failed: %s", job_id, self.worker_id, e)
-        return None
-
-    async def _settle(self, lease: Lease, final: FinalEvent | None, stop: str | None,
-                      crash: str | None = None) -> None:
-        if final is not None and final.status == JobStatus.queued:
-            stop = "released"  # the runner stopped because this worker is stopping
-        elif self.stopping and stop is None and (final is None or final.status == JobStatus.failed):
-            stop = "released"  # e.g. Ctrl-C reached the engine's processes too: not the job's fault
-        try:
-            if stop == "released":
-                await self.queue.nack(lease, "worker stopped", release=True)
-                self.stats.released += 1
-                self._log(lease, "handed back (worker stopping)")
-            elif stop == "lost":
-                self._log(lease, "abandoned (lease lost; another worker has it)", level=logging.WARNING)
-            elif stop == "cancelled":
-                await self.queue.ack(lease)
-                await self._publish(lease.job.id, {"type": "final", "job_id": lease.job.id, "status": "cancelled"})
-                self.stats.cancelled += 1
-                self._log(lease, "cancelled")
-            elif final is None or final.status == JobStatus.failed:
-                reason = crash or (final.summary.reason if final else None) or "failed"
-                outcome = await self.queue.nack(lease, reason)
-                self.stats.failed += 1
-                self.stats.errors.append(reason)
-                if outcome == "dead":
-                    self.stats.dead_lettered += 1
-                self._log(lease, "failed (%s): %s", outcome, reason, level=logging.WARNING)
-                if not getattr(self.engine, "alive", True):
-                    self._engine_dead = True
-                    self.stop()
-            else:
-                await self.queue.ack(lease)
-                self.stats.done += 1
-                s = final.summary if final else None
-                self._log(lease, "completed: %s ok, %s failed, %s skipped", s and s.completed, s and s.failed,
-                          s and s.skipped)
+            await self._settle(lease, final, lost=stop.is_set() and not stop.record, invalid=invalid, crash=crash)
         except LLMJobsError as e:  # the lease will expire and the job be redelivered: nothing is lost
             self._log(lease, "could not settle: %s", e, level=logging.ERROR)
 
-    async def _publish(self, job_id: str, event: ChunkEvent | FinalEvent | dict) -> None:
-        data = event if isinstance(event, dict) else event.model_dump(mode="json")
+    async def _cancelled(self, job_id: str) -> bool:
         try:
-            await self.queue.publish(job_id, data, final=data.get("type") == "final")
+            return await self.queue.is_cancelled(job_id)
+        except QueueError as e:
+            log.warning("job=%s worker=%s cancel check failed: %s", job_id, self.worker_id, e)
+            return False
+
+    async def _settle(self, lease: Lease, final: FinalEvent | None, *, lost: bool, invalid: bool,
+                      crash: str | None) -> None:
+        match final.outcome if final is not None else None:
+            case _ if lost:
+                self._log(lease, "abandoned (lease lost; another worker has it)", level=logging.WARNING)
+            case Outcome.completed:
+                await self.queue.ack(lease)
+                self.stats.done += 1
+                s = final.summary
+                self._log(lease, "completed: %s ok, %s failed, %s skipped", s.completed, s.failed, s.skipped)
+            case Outcome.cancelled:
+                await self.queue.ack(lease)
+                self.stats.cancelled += 1
+                self._log(lease, "cancelled")
+            case Outcome.stopped:
+                await self._release(lease)
+            case Outcome.failed if invalid:  # no engine here can ever run it: no retry
+                reason = final.summary.reason or "invalid job"
+                await self.queue.nack(lease, reason, dead_letter=True)
+                self.stats.dead_lettered += 1
+                self._log(lease, "invalid job, dead-lettered: %s", reason, level=logging.WARNING)
+            case _ if self.stopping:  # e.g. Ctrl-C reached the engine's processes too: not the job's fault
+                await self._release(lease)
+            case _:  # failed, or crashed before its final event
+                reason = crash or (final.summary.reason if final else None) or "failed"
+                verdict = await self.queue.nack(lease, reason)
+                self.stats.failed += 1
+                self.stats.errors.append(reason)
+                if verdict == "dead":
+                    self.stats.dead_lettered += 1
+                self._log(lease, "failed (%s): %s", verdict, reason, level=logging.WARNING)
+                if not self.engine.alive:
+                    self._engine_dead = True
+                    self.stop()
+
+    async def _release(self, lease: Lease) -> None:
+        await self.queue.nack(lease, "worker stopped", release=True)
+        self.stats.released += 1
+        self._log(lease, "handed back (worker stopping)")
+
+    async def _publish(self, job_id: str, event: Event) -> None:
+        try:
+            await self.queue.publish(job_id, event)
         except QueueError as e:  # events are best effort: the store has every result
             log.warning("job=%s worker=%s event not published: %s", job_id, self.worker_id, e)
 

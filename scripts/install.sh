@@ -10,8 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="cpu"
-[[ "${1:-}" == "--dev" ]] && extras="cpu,dev"
+extras="stores,cli,server,cpu"
+[[ "${1:-}" == "--dev" ]] && extras="$extras,dev"
 
 python="${PYTHON:-python3}"
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv

@@ -1,45 +1,32 @@
-"""llm-jobs contracts and clients. Imports without vllm or torch.
+"""llm-jobs: contracts, stores, the queue, the server, the SDK and the CLI (docs/architecture.md).
 
     from shared import AsyncClient
     async with AsyncClient("http", base_url=URL, api_key=KEY) as client:
         job = await client.submit("essays.jsonl", template=TEMPLATE)
         async for event in job.stream(): ...
+
+The names below are loaded on first use, so `import shared.contracts.models` (a GPU worker)
+loads only the contracts, never the SDK, the server or the CLI.
 """
 
-from shared.errors import (
-    ApiError,
-    AuthError,
-    ConfigError,
-    EngineDeadError,
-    EngineError,
-    ErrorCode,
-    InputError,
-    Issue,
-    JobFailed,
-    LLMJobsError,
-    NotFound,
-    RateLimited,
-)
-from shared.inputs import parse_job, parse_job_text
-from shared.models import (
-    ChunkEvent,
-    Event,
-    FinalEvent,
-    Item,
-    Job,
-    JobOptions,
-    JobStatus,
-    Progress,
-    Rejection,
-    ResponseFormat,
-    Result,
-    ResultStatus,
-    Sampling,
-    Summary,
-    Usage,
-)
-from shared.sdk import AsyncClient, AsyncJob, Client, JobHandle
-from shared.settings import Settings, get_settings
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    **dict.fromkeys(["ApiError", "AuthError", "ConfigError", "EngineDeadError", "EngineError", "ErrorCode",
+                     "InputError", "Issue", "JobFailed", "LLMJobsError", "NotFound", "RateLimited"],
+                    "shared.contracts.errors"),
+    **dict.fromkeys(["ChunkEvent", "ErrorEvent", "Event", "FinalEvent", "Outcome", "ProgressEvent"],
+                    "shared.contracts.events"),
+    **dict.fromkeys(["Item", "Job", "JobOptions", "JobStatus", "Progress", "Rejection", "ResponseFormat", "Result",
+                     "ResultStatus", "Sampling", "Summary", "Usage"], "shared.contracts.models"),
+    **dict.fromkeys(["parse_job", "parse_job_text"], "shared.contracts.inputs"),
+    **dict.fromkeys(["Settings", "get_settings"], "shared.contracts.settings"),
+    **dict.fromkeys(["AsyncClient", "AsyncJob", "Client", "JobHandle"], "shared.sdk"),
+}
 
 __all__ = [
     "ApiError",
@@ -52,6 +39,7 @@ __all__ = [
     "EngineDeadError",
     "EngineError",
     "ErrorCode",
+    "ErrorEvent",
     "Event",
     "FinalEvent",
     "InputError",
@@ -64,7 +52,9 @@ __all__ = [
     "JobStatus",
     "LLMJobsError",
     "NotFound",
+    "Outcome",
     "Progress",
+    "ProgressEvent",
     "RateLimited",
     "Rejection",
     "ResponseFormat",
@@ -78,3 +68,51 @@ __all__ = [
     "parse_job",
     "parse_job_text",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shared' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:
+    from shared.contracts.errors import (
+        ApiError,
+        AuthError,
+        ConfigError,
+        EngineDeadError,
+        EngineError,
+        ErrorCode,
+        InputError,
+        Issue,
+        JobFailed,
+        LLMJobsError,
+        NotFound,
+        RateLimited,
+    )
+    from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome, ProgressEvent
+    from shared.contracts.inputs import parse_job, parse_job_text
+    from shared.contracts.models import (
+        Item,
+        Job,
+        JobOptions,
+        JobStatus,
+        Progress,
+        Rejection,
+        ResponseFormat,
+        Result,
+        ResultStatus,
+        Sampling,
+        Summary,
+        Usage,
+    )
+    from shared.contracts.settings import Settings, get_settings
+    from shared.sdk import AsyncClient, AsyncJob, Client, JobHandle

@@ -13,11 +13,9 @@ for _var in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
 import pytest  # noqa: E402
 import pytest_asyncio  # noqa: E402
 
-from shared.models import Item, Job  # noqa: E402
-from shared.queue import JobQueue  # noqa: E402
-
-#: a JWT-shaped service key for the PostgREST adapter (supabase-py checks the shape)
-SERVICE_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.dGVzdC1zaWduYXR1cmU"
+from shared.contracts.models import Item, Job  # noqa: E402
+from shared.queue.upstash import JobQueue  # noqa: E402
+from testkit import SERVICE_KEY, UPSTASH_TOKEN  # noqa: E402
 
 
 def make_job(n: int, **options) -> Job:
@@ -26,8 +24,8 @@ def make_job(n: int, **options) -> Job:
 
 @pytest.fixture(scope="session")
 def pg():
-    """A real PostgreSQL 15 cluster with the migration applied, for the whole session."""
-    from tests.support.pg import PgCluster
+    """A real PostgreSQL cluster with the migration applied, for the whole session."""
+    from testkit.pg import PgCluster
 
     cluster = PgCluster()
     yield cluster
@@ -36,7 +34,7 @@ def pg():
 
 @pytest_asyncio.fixture
 async def postgrest(pg):
-    from tests.support.postgrest import PostgrestTransport
+    from testkit.postgrest import PostgrestTransport
 
     transport = PostgrestTransport(pg.url, SERVICE_KEY)
     yield transport
@@ -61,7 +59,7 @@ def _make_store(kind: str, pg, tmp_path, postgrest, **kw):
 @pytest_asyncio.fixture(params=["sqlite", "postgres", "supabase"])
 async def store(request, tmp_path):
     """The same behaviour suite runs against each backend."""
-    from tests.support.postgrest import PostgrestTransport
+    from testkit.postgrest import PostgrestTransport
 
     pg = request.getfixturevalue("pg") if request.param != "sqlite" else None
     transport = PostgrestTransport(pg.url, SERVICE_KEY) if request.param == "supabase" else None
@@ -74,12 +72,10 @@ async def store(request, tmp_path):
 
 # ## The queue: a real redis-server behind the Upstash REST adapter
 
-UPSTASH_TOKEN = "test-upstash-token"
-
 
 @pytest.fixture(scope="session")
 def redis_server():
-    from tests.support.upstash import RedisServer
+    from testkit.upstash import RedisServer
 
     server = RedisServer()
     yield server
@@ -88,7 +84,7 @@ def redis_server():
 
 @pytest.fixture(scope="session")
 def upstash(redis_server):
-    from tests.support.upstash import UpstashAdapter
+    from testkit.upstash import UpstashAdapter
 
     adapter = UpstashAdapter(redis_server.url, UPSTASH_TOKEN).start()
     yield adapter

@@ -6,14 +6,48 @@ import asyncio
 from collections.abc import Callable
 
 from handler.engine.base import Completion
-from shared.api.events import MemoryEvents
-from shared.errors import EngineDeadError, ErrorCode, ItemFailure
-from shared.prepare import Request
+from shared.contracts.errors import EngineDeadError, ErrorCode, ItemFailure
+from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome, ProgressEvent
+from shared.contracts.models import ItemError, JobStatus, Progress, Result, ResultStatus, Summary, Usage
+from shared.contracts.prepare import Request
+from shared.server.events import MemoryEvents
+
+
+def chunk_event(job_id: str, seq: int, results: list[Result] | None = None, *, total: int = 0) -> ChunkEvent:
+    """A chunk event with made-up progress (for tests of event transport, not of the runner)."""
+    results = results or []
+    progress = Progress(completed=len(results), failed=0, total=total or len(results), percentage=0,
+                        elapsed_s=0, eta_s=None, items_per_s=0, tokens_per_s=0)
+    return ChunkEvent(job_id=job_id, seq=seq, results=results, progress=progress)
+
+
+def final_event(job_id: str, outcome: Outcome = Outcome.completed, total: int = 0, **summary) -> FinalEvent:
+    return FinalEvent(job_id=job_id, outcome=outcome, summary=Summary.empty(total).model_copy(update=summary))
+
+
+def sample_events(job_id: str) -> list[Event]:
+    """One event of each type, with every optional part filled in (for round trips through a transport)."""
+    ok = Result(custom_id="a", status=ResultStatus.ok, text='{"n": 1}', parsed={"n": 1, "é": ["ü", None]},
+                finish_reason="stop", usage=Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7),
+                latency_ms=12.5)
+    bad = Result(custom_id="b", status=ResultStatus.error, text="{oops", error=ItemError(code="invalid_output",
+                 message="not JSON"), latency_ms=3.0)
+    progress = Progress(completed=1, failed=1, total=3, percentage=66.67, elapsed_s=1.5, eta_s=0.75,
+                        items_per_s=1.33, tokens_per_s=4.67, skipped=0)
+    summary = Summary(total=3, completed=2, failed=1, skipped=1, elapsed_s=2.0, items_per_s=1.5, prompt_tokens=9,
+                      completion_tokens=12, tokens_per_s=6.0, error_codes={"invalid_output": 1}, reason=None)
+    return [
+        ChunkEvent(job_id=job_id, seq=1, results=[ok, bad], progress=progress),
+        ProgressEvent.of(job_id, JobStatus.running, total=3, completed=2, failed=1),
+        ErrorEvent(job_id=job_id, error="invalid job: field 'sampling.temperature': too hot"),
+        FinalEvent(job_id=job_id, outcome=Outcome.completed, summary=summary),
+    ]
 
 
 class FakeEngine:
     model_name = "fake-model"
     served_models = frozenset({"fake-model"})
+    alive = True
 
     def __init__(self, *, capacity: int = 8, delay: Callable[[Request], float] = lambda r: 0.0,
                  text: Callable[[Request], str] = lambda r: f"answer to {r.custom_id}",
@@ -60,9 +94,10 @@ class RecordingDispatcher:
         self.events = MemoryEvents()
         self.jobs: list[str] = []
 
-    async def submit(self, job, doc) -> None:
+    async def submit(self, job) -> None:
         self.jobs.append(job.id)
-        self.events.publish(job.id, {"type": "final", "job_id": job.id, "status": "completed", "summary": None})
+        self.events.publish(job.id, FinalEvent(job_id=job.id, outcome=Outcome.completed,
+                                               summary=Summary.empty(job.total)))
 
     async def cancel(self, job_id: str) -> bool:
         return False

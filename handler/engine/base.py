@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.prepare import Request
+from shared.contracts.prepare import Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,8 @@ class Engine(Protocol):
     served_models: frozenset[str]
     #: requests worth keeping in flight at once (the runner's semaphore)
     capacity: int
+    #: False once the engine has died: every job on it fails, and a worker stops taking jobs
+    alive: bool
 
     async def complete(self, request: Request) -> Completion:
         """Run one request.

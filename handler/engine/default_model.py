@@ -11,7 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from shared.errors import ConfigError
+from shared.contracts.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,15 @@ import logging
 import os
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
 from handler.engine.base import Completion
-from shared.errors import ConfigError, EngineDeadError, ErrorCode, ItemFailure
-from shared.prepare import Request
-from shared.settings import DEFAULT_MODEL_NAME, Settings
+from handler.logs import engine_process_env, is_verbose
+from shared.contracts.errors import ConfigError, EngineDeadError, ErrorCode, ItemFailure
+from shared.contracts.prepare import Request
+from shared.contracts.settings import DEFAULT_MODEL_NAME, Settings
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +28,10 @@ def _apply_process_env(settings: Settings) -> None:
         "VLLM_CPU_KVCACHE_SPACE": str(settings.cpu_kvcache_space_gib),
         # by default only one core computes on CPU; bind them all
         "VLLM_CPU_OMP_THREADS_BIND": settings.cpu_omp_threads_bind or f"0-{cores - 1}",
-        "VLLM_LOGGING_LEVEL": settings.vllm_logging_level,
         "VLLM_CONFIGURE_LOGGING": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # its log level and stream, and quiet unless LOG_LEVEL=DEBUG (see handler/logs.py)
+        **engine_process_env(settings),
     }
     if settings.hf_home:
         env["HF_HOME"] = str(settings.hf_home)
@@ -84,6 +87,8 @@ def engine_args(settings: Settings, model: str, served: str, on_cpu: bool) -> di
         # xgrammar honours integer bounds in JSON schemas; outlines ignores them
         "structured_outputs_config": {"backend": settings.structured_outputs_backend},
         "disable_log_stats": True,
+        # its "Loading safetensors checkpoint shards" bar would break the CLI's
+        "use_tqdm_on_load": is_verbose(settings),
     }
     return {k: v for k, v in args.items() if v is not None}
 
@@ -118,8 +123,21 @@ class VLLMEngine:
         args = engine_args(settings, model, served, current_platform.is_cpu())
         started = time.monotonic()
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        try:
+            engine = cls(llm, settings, served, model)
+        except BaseException:
+            llm.shutdown()
+            raise
+        finally:
+            # vLLM keeps exceptions raised while it was imported (a missing torchcodec, in
+            # vllm.multimodal.media.audio); their tracebacks pin every frame that was on the stack
+            # then, this one included, until the interpreter exits. A local here would keep the
+            # AsyncLLM alive past close(), for its __del__ to run at exit, when vLLM's globals
+            # are already gone ("Exception ignored in AsyncLLM.__del__ ... 'NoneType' object is not
+            # callable"). So no local may hold it.
+            del llm
         log.info("engine ready: %s in %.1f s", served, time.monotonic() - started)
-        return cls(llm, settings, served, model)
+        return engine
 
     @classmethod
     async def start(cls, settings: Settings) -> VLLMEngine:
@@ -127,12 +145,24 @@ class VLLMEngine:
         return await asyncio.wait_for(asyncio.to_thread(cls.boot, settings), settings.engine_boot_timeout_s)
 
     async def close(self) -> None:
-        # Drop our reference too, so AsyncLLM.__del__ does not run again at interpreter exit.
+        """Shut the engine down now, completely: its process, its output task, and the object.
+
+        AsyncLLM.__del__ shuts down again; it must run here, while vLLM is whole, not at
+        interpreter exit. So the last reference goes here, and a leftover one is logged.
+        """
         llm, self._llm = self._llm, None
-        if llm is not None:
-            llm.shutdown()
-            del llm
-            gc.collect()
+        if llm is None:
+            return
+        handler = llm.output_handler
+        llm.shutdown()  # the engine core process, the renderer; cancels the output task
+        if handler is not None and not handler.done() and handler.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait([handler], timeout=5)
+        ref = weakref.ref(llm)
+        del llm, handler
+        gc.collect()
+        if ref() is not None:
+            log.debug("the AsyncLLM is still referenced after close(): %s",
+                      [type(r).__name__ for r in gc.get_referrers(ref())])
 
     @property
     def alive(self) -> bool:

@@ -1,7 +1,8 @@
-"""What modal_app.py's class, web app and Cron do, kept here so the app file stays wiring only.
+"""What modal_app.py's class and Cron do, kept here so the app file stays wiring only.
 
 Nothing here imports modal: it is plain async code over a JobService, so it runs (and is
-tested) anywhere.
+tested) anywhere. Inputs are Job documents (the wire format, docs/architecture.md); outputs are
+events as JSON (shared/contracts/events.py).
 """
 
 from __future__ import annotations
@@ -11,26 +12,25 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from handler.service import JobService
-from shared.errors import ConfigError, InputError, JobFailed
-from shared.models import JobStatus
-from shared.queue import JobQueue
-from shared.settings import Settings, get_settings
+from shared.contracts.errors import InputError, JobFailed
+from shared.contracts.events import ErrorEvent, FinalEvent, Outcome, parse_event
+from shared.contracts.settings import Settings
+from shared.queue.upstash import JobQueue
 
 log = logging.getLogger("llm_jobs.modal")
 
 
-def _invalid(payload: Any, e: InputError) -> dict[str, Any]:
-    job_id = payload.get("id") if isinstance(payload, dict) else None
-    return {"type": "error", "job_id": job_id, "error": f"invalid input: {e}"}
-
-
 async def stream_events(service: JobService, payload: Any, *, default_id: str | None = None
                         ) -> AsyncIterator[dict[str, Any]]:
-    """Chunk events as they are stored, then the final event; invalid input gives one `error` event."""
+    """Chunk events as they are stored, then the final event. Invalid input gives an `error`
+    event and a `failed` final event, and runs nothing."""
     try:
         job = service.parse(payload, default_id=default_id)
     except InputError as e:
-        yield _invalid(payload, e)
+        job_id = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
+        reason = f"invalid input: {e}"
+        yield ErrorEvent(job_id=job_id, error=reason).model_dump(mode="json")
+        yield FinalEvent.failed(job_id or default_id or "", reason).model_dump(mode="json")
         return
     async for event in service.events(job):
         yield event.model_dump(mode="json")
@@ -38,15 +38,18 @@ async def stream_events(service: JobService, payload: Any, *, default_id: str | 
 
 async def run_to_end(service: JobService, payload: Any, *, default_id: str | None = None) -> dict[str, Any]:
     """The final event of the whole job. Raises JobFailed when a retry could help."""
-    final: dict[str, Any] | None = None
-    async for event in stream_events(service, payload, default_id=default_id):
-        if event["type"] != "chunk":
+    final: FinalEvent | None = None
+    invalid = False
+    async for data in stream_events(service, payload, default_id=default_id):
+        event = parse_event(data)
+        invalid = invalid or isinstance(event, ErrorEvent)
+        if isinstance(event, FinalEvent):
             final = event
-    assert final is not None
-    if final["type"] == "final" and final["status"] == JobStatus.failed:
+    assert final is not None, "every run ends with a final event"
+    if final.outcome is Outcome.failed and not invalid:
         # raised so Modal retries the call (engine death, store outage); the retry resumes
-        raise JobFailed(f"job {final['job_id']} failed: {final['summary'].get('reason') or 'failed'}")
-    return final
+        raise JobFailed(f"job {final.job_id} failed: {final.summary.reason or 'failed'}")
+    return final.model_dump(mode="json")
 
 
 async def drain_queue(service: JobService) -> dict[str, Any]:
@@ -69,17 +72,6 @@ async def queued_jobs(settings: Settings) -> int:
     """Jobs waiting in the queue, including those waiting out a retry backoff (the Cron's CPU half)."""
     queue = JobQueue.from_settings(settings)
     try:
-        stats = await queue.stats()
+        return await queue.waiting()
     finally:
         await queue.close()
-    return sum(v for k, v in stats.items() if k.startswith("queued_")) + stats["retrying"]
-
-
-def api_app(dispatcher: Any):
-    """The HTTP API for Modal's web function. It refuses to run open: API_KEYS must be set."""
-    from shared.api import create_app
-
-    settings = get_settings()
-    if not settings.api_keys:
-        raise ConfigError("set API_KEYS (in the llm-jobs-config secret): the API on Modal is public")
-    return create_app(settings.model_copy(update={"dispatcher": "modal"}), dispatcher=dispatcher)

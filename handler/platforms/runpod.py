@@ -25,9 +25,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from handler.service import JobService
-from shared.compat import is_worker_vllm
-from shared.errors import InputError
-from shared.models import ChunkEvent, FinalEvent, JobStatus, Result
+from shared.contracts.compat import is_worker_vllm
+from shared.contracts.errors import InputError
+from shared.contracts.events import ChunkEvent, FinalEvent, Outcome
+from shared.contracts.models import Result
 
 log = logging.getLogger("llm_jobs.runpod")
 
@@ -47,7 +48,7 @@ class RunpodHandler:
     def concurrency(self, current: int) -> int:
         """RunPod's `concurrency_modifier`: jobs this worker takes at once (always an int, at least 1)."""
         del current
-        if not self.service.alive:
+        if not self.service.engine.alive:
             return 1  # take nothing new in parallel on a dead engine; the next job fails fast
         return max(1, int(self.service.settings.jobs_per_worker))
 
@@ -66,7 +67,7 @@ class RunpodHandler:
             return
         async for event in self.service.events(job):
             yield event.model_dump(mode="json")
-            if isinstance(event, FinalEvent) and event.status == JobStatus.failed:
+            if isinstance(event, FinalEvent) and event.outcome is Outcome.failed:
                 yield {"error": f"job {job.id} failed: {event.summary.reason or 'failed'}"}
 
     async def _worker_vllm(self, job) -> AsyncIterator[dict[str, Any]]:
@@ -77,7 +78,7 @@ class RunpodHandler:
                 result = event.results[0]
             elif isinstance(event, FinalEvent):
                 final = event
-        if result is None and final is not None and final.status == JobStatus.completed:
+        if result is None and final is not None and final.outcome is Outcome.completed:
             stored = await self.service.store.results(job.id, limit=1)  # a retried request: done before
             result = stored[0] if stored else None
         if result is None or result.error is not None:

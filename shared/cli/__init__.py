@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
+from handler.logs import quiet_spawned_process
 from shared.cli.queue_cmds import queue_app, submit, watch, worker
 from shared.cli.read import results, status
 from shared.cli.run import run
 from shared.cli.serve import openapi, serve, serve_runpod
 from shared.cli.validate import validate
+from shared.contracts.settings import get_settings
 
 app = typer.Typer(
     name="llm-jobs",
@@ -19,6 +22,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log at DEBUG, with the engine's own output "
+                                          "(vLLM, torch, warnings); the same as LOG_LEVEL=DEBUG.")] = False,
+) -> None:
+    if verbose:
+        # every command reads this one Settings (get_settings() is cached)
+        get_settings().log_level = "DEBUG"
+
+
 app.command(help="Run a job file through the engine and write every result.")(run)
 app.command(help="Check a job file without running it.")(validate)
 app.command(help="Show a job's status and counters from the store.")(status)
@@ -34,3 +49,8 @@ app.add_typer(queue_app, name="queue")
 
 def main() -> None:
     sys.exit(app())
+
+
+# vLLM's engine core is a spawned process, which imports the `llm-jobs` script, hence this module,
+# before vLLM: quiet what vLLM logs while it is imported there (see handler/logs.py)
+quiet_spawned_process()

@@ -12,11 +12,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from shared.errors import InputError
-from shared.inputs import parse_job
-from shared.models import Job
-from shared.prepare import Limits
-from shared.settings import DEFAULT_MODEL_NAME, Settings
+from handler import logs
+from shared.contracts.errors import InputError
+from shared.contracts.inputs import parse_job
+from shared.contracts.models import Job
+from shared.contracts.prepare import Limits
+from shared.contracts.settings import DEFAULT_MODEL_NAME, Settings
 
 #: exit codes, documented in the README
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID_INPUT, EXIT_ITEMS_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -25,8 +26,10 @@ err = Console(stderr=True)
 
 
 def setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(message)s",
-                        handlers=[RichHandler(console=err, show_path=False)], force=True)
+    """handler/logs.py's levels and noise filters, through Rich on stderr (progress bars stay whole)."""
+    handler = RichHandler(console=err, show_path=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logs.setup_logging(settings, handler)
 
 
 def served_models(settings: Settings) -> frozenset[str]:

@@ -7,16 +7,21 @@ import json
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shared.cli.common import EXIT_ITEMS_FAILED, EXIT_JOB_FAILED, EXIT_OK, err, job_options, load, setup_logging
-from shared.errors import QueueError
-from shared.queue import JobQueue
-from shared.settings import Settings, get_settings
+from shared.contracts.errors import LLMJobsError, QueueError
+from shared.contracts.events import ChunkEvent, FinalEvent, Outcome, ProgressEvent
+from shared.contracts.models import Job
+from shared.contracts.settings import Settings, get_settings
+from shared.queue.upstash import JobQueue, Priority
+from shared.server.dispatch import QueueDispatcher
+from shared.server.lifecycle import Accepted, JobLifecycle
+from shared.stores import open_store
 
 T = TypeVar("T")
 queue_app = typer.Typer(help="Inspect and repair the job queue.", no_args_is_help=True)
@@ -33,7 +38,7 @@ def _queue(settings: Settings) -> JobQueue:
 def _run(coro):
     try:
         return asyncio.run(coro)
-    except QueueError as e:
+    except LLMJobsError as e:
         err.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(EXIT_JOB_FAILED) from e
 
@@ -76,44 +81,53 @@ def submit(
         submit_with_sdk(job, backend, settings, wait=wait or backend == "local")
         return
 
-    added = _on_queue(lambda q: q.enqueue(job, priority), settings)
-    err.print(f"job {job.id}: {job.total} item(s) " + ("queued" if added else "already known: not queued again")
-              + f" ({priority})")
+    accepted = _run(_submit(job, settings, priority))
+    err.print(f"job {job.id}: {job.total} item(s) " + ("queued" if accepted.dispatched else
+              f"already known ({accepted.status}): not queued again") + f" ({priority})")
     print(job.id)
 
 
+def _lifecycle(settings: Settings, **queue_options: Any) -> JobLifecycle:
+    return JobLifecycle(open_store(settings), QueueDispatcher(_queue(settings), **queue_options), settings)
+
+
+async def _submit(job: Job, settings: Settings, priority: Priority) -> Accepted:
+    jobs = _lifecycle(settings, priority=priority)
+    try:
+        return await jobs.submit(job)
+    finally:
+        await jobs.close()
+
+
 def watch(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
-    """Follow a job's events (from its Redis stream) until its final event."""
-    settings = get_settings()
-    final = _run(_watch(_queue(settings), job_id))
-    status, failed = final.get("status"), (final.get("summary") or {}).get("failed", 0)
-    err.print(f"job {job_id}: {status}" + (f", {failed} failed item(s)" if failed else ""))
-    if status != "completed":
+    """Follow a job's events (from its Redis stream, then the store) until its final event."""
+    final = _run(_watch(_lifecycle(get_settings()), job_id))
+    failed = final.summary.failed
+    err.print(f"job {job_id}: {final.outcome}" + (f", {failed} failed item(s)" if failed else ""))
+    if final.outcome is not Outcome.completed:
         raise typer.Exit(EXIT_JOB_FAILED)
     raise typer.Exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)
 
 
-async def _watch(q: JobQueue, job_id: str) -> dict:
+async def _watch(jobs: JobLifecycle, job_id: str) -> FinalEvent:
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("[red]{task.fields[failed]} failed"), TextColumn("ETA {task.fields[eta]}"),
                    TimeElapsedColumn(), console=err)
-    after, idle = None, 0.2
     try:
         with bar:
             task = bar.add_task(job_id, total=None, failed=0, eta="?")
-            while True:
-                events = await q.events(job_id, after=after)
-                for ev in events:
-                    after = ev.id
-                    if ev.data.get("type") == "final":
-                        return ev.data
-                    p = ev.data.get("progress") or {}
-                    bar.update(task, total=p.get("total"), completed=p.get("completed", 0) + p.get("failed", 0),
-                               failed=p.get("failed", 0), eta="?" if p.get("eta_s") is None else f"{p['eta_s']:.0f}s")
-                idle = 0.2 if events else min(idle * 2, 2.0)
-                await asyncio.sleep(idle)
+            async for ev in jobs.follow(job_id):
+                match ev.event:
+                    case FinalEvent() as final:
+                        return final
+                    case ChunkEvent(progress=p):
+                        bar.update(task, total=p.total, completed=p.completed + p.failed, failed=p.failed,
+                                   eta="?" if p.eta_s is None else f"{p.eta_s:.0f}s")
+                    case ProgressEvent() as p:
+                        bar.update(task, total=p.total, completed=p.completed + p.failed, failed=p.failed)
+        raise AssertionError("a followed job ends with its final event")
     finally:
-        await q.close()
+        await jobs.close()
 
 
 def worker(
@@ -133,7 +147,7 @@ def worker(
 async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: float, worker_id: str | None):
     from handler.engine.vllm_engine import VLLMEngine
     from handler.worker import Worker
-    from shared.prepare import Limits
+    from shared.contracts.prepare import Limits
     from shared.stores import open_store
 
     q = _queue(settings)

@@ -11,18 +11,24 @@ import typer
 from rich.table import Table
 
 from shared.cli.common import EXIT_INVALID_INPUT, err
-from shared.errors import StoreError
-from shared.models import JobRecord
-from shared.output import result_line
-from shared.settings import get_settings
-from shared.stores import Store, open_store
+from shared.cli.output import result_line
+from shared.contracts.errors import NotFound, StoreError
+from shared.contracts.models import JobRecord
+from shared.contracts.settings import get_settings
+from shared.server.lifecycle import JobLifecycle
+from shared.stores import open_store
+
+
+def _reader() -> JobLifecycle:
+    settings = get_settings()
+    return JobLifecycle(open_store(settings), None, settings)
 
 
 def status(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
     job = asyncio.run(_status(job_id))
     table = Table(title=f"job {job.id}", show_header=False)
     done = job.completed + job.failed
-    pct = f" ({100 * done / job.total:.1f}%)" if job.total else ""
+    pct = f" ({job.percentage:.1f}%)" if job.total else ""
     rows = [("status", job.status.value), ("model", job.model or ""), ("items", str(job.total)),
             ("done", f"{done}{pct}"), ("ok", str(job.completed)), ("failed", str(job.failed)),
             ("created", str(job.created_at or "")), ("started", str(job.started_at or "")),
@@ -41,41 +47,39 @@ def results(
 
 
 async def _status(job_id: str) -> JobRecord:
-    store = open_store(get_settings())
+    jobs = _reader()
     try:
-        return await _get(store, job_id)
+        return await _get(jobs, job_id)
     finally:
-        await store.close()
+        await jobs.close()
 
 
-async def _get(store: Store, job_id: str) -> JobRecord:
+async def _get(jobs: JobLifecycle, job_id: str) -> JobRecord:
     try:
-        job = await store.get_job(job_id)
+        return await jobs.get(job_id)
     except StoreError as e:
         err.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(1) from e
-    if job is None:
+    except NotFound as e:
         err.print(f"[bold red]no job {job_id!r} in the store[/]")
-        raise typer.Exit(EXIT_INVALID_INPUT)
-    return job
+        raise typer.Exit(EXIT_INVALID_INPUT) from e
 
 
 async def _results(job_id: str, output: Path | None, fmt: Literal["ours", "openai"]) -> None:
-    store = open_store(get_settings())
+    jobs = _reader()
     n, after = 0, None
     try:
-        job = await _get(store, job_id)
+        job = await _get(jobs, job_id)
         out = output.open("w", encoding="utf-8") if output else sys.stdout
         while True:
-            page = await store.results(job_id, after=after, limit=1000)
+            page, after = await jobs.results(job_id, after=after, limit=1000)
             out.write("".join(result_line(r, fmt, job_id=job_id, model=job.model or "") + "\n" for r in page))
             n += len(page)
-            if len(page) < 1000:
+            if after is None:
                 break
-            after = page[-1].custom_id
         if output:
             out.close()
     finally:
-        await store.close()
+        await jobs.close()
     if output:
         err.print(f"{n} result(s) of job {job_id} written to {output}")

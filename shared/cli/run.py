@@ -19,11 +19,12 @@ from shared.cli.common import (
     setup_logging,
     show_rejections,
 )
-from shared.errors import LLMJobsError
-from shared.models import ChunkEvent, FinalEvent, Job, JobStatus
-from shared.output import ResultWriter
-from shared.prepare import Limits
-from shared.settings import Settings, get_settings
+from shared.cli.output import ResultWriter
+from shared.contracts.errors import LLMJobsError
+from shared.contracts.events import ChunkEvent, ErrorEvent, FinalEvent, Outcome
+from shared.contracts.models import Job
+from shared.contracts.prepare import Limits
+from shared.contracts.settings import Settings, get_settings
 from shared.stores import Store, describe_store, open_store
 
 
@@ -68,7 +69,7 @@ def run(
         err.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(EXIT_JOB_FAILED) from e
     _show_summary(final, out)
-    if final.status != JobStatus.completed:
+    if final.outcome is not Outcome.completed:
         raise typer.Exit(EXIT_JOB_FAILED)
     raise typer.Exit(EXIT_ITEMS_FAILED if final.summary.failed else EXIT_OK)
 
@@ -99,13 +100,15 @@ async def _run(job: Job, settings: Settings, out: Path, fmt: Literal["ours", "op
                                        any_model=any_model, chunk_size=settings.default_chunk_size,
                                        chunk_interval_s=settings.default_chunk_interval_s,
                                        store_retry_s=settings.store_retry_s):
-                if isinstance(event, ChunkEvent):
-                    await asyncio.to_thread(writer.write, event.results)
-                    p = event.progress
-                    bar.update(task, completed=p.completed + p.failed, failed=p.failed, rate=p.items_per_s,
-                               eta="?" if p.eta_s is None else f"{p.eta_s:.0f}s")
-                else:
-                    final = event
+                match event:
+                    case ChunkEvent(results=results, progress=p):
+                        await asyncio.to_thread(writer.write, results)
+                        bar.update(task, completed=p.completed + p.failed, failed=p.failed, rate=p.items_per_s,
+                                   eta="?" if p.eta_s is None else f"{p.eta_s:.0f}s")
+                    case ErrorEvent(error=message):
+                        err.print(f"[bold red]error:[/] {message}")
+                    case FinalEvent():
+                        final = event
     finally:
         writer.close()
         await store.close()
@@ -125,8 +128,8 @@ async def _copy_stored(store: Store, job_id: str, writer: ResultWriter) -> int:
 
 def _show_summary(final: FinalEvent, out: Path) -> None:
     s = final.summary
-    table = Table(title=f"job {final.job_id}: {final.status}", title_style="bold green"
-                  if final.status == JobStatus.completed and not s.failed else "bold yellow")
+    table = Table(title=f"job {final.job_id}: {final.outcome}", title_style="bold green"
+                  if final.outcome is Outcome.completed and not s.failed else "bold yellow")
     table.add_column("")
     table.add_column("", justify="right")
     for k, v in [("items", s.total), ("ok", s.completed), ("failed", s.failed), ("skipped (stored before)", s.skipped),

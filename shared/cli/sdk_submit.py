@@ -8,10 +8,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shared.cli.common import EXIT_ITEMS_FAILED, EXIT_JOB_FAILED, EXIT_OK, err
-from shared.errors import LLMJobsError
-from shared.models import Job
+from shared.contracts.errors import LLMJobsError
+from shared.contracts.events import ChunkEvent, FinalEvent, Outcome, ProgressEvent
+from shared.contracts.models import Job
+from shared.contracts.models import Progress as Counts
+from shared.contracts.settings import Settings
 from shared.sdk import AsyncClient
-from shared.settings import Settings
 
 
 def submit_with_sdk(job: Job, backend: str, settings: Settings, *, wait: bool) -> None:
@@ -22,14 +24,14 @@ def submit_with_sdk(job: Job, backend: str, settings: Settings, *, wait: bool) -
         raise typer.Exit(EXIT_JOB_FAILED) from e
     if final is None:
         return
-    status, failed = final.get("status"), (final.get("summary") or {}).get("failed", 0)
-    err.print(f"job {job.id}: {status}" + (f", {failed} failed item(s)" if failed else ""))
-    if status != "completed":
+    failed = final.summary.failed
+    err.print(f"job {job.id}: {final.outcome}" + (f", {failed} failed item(s)" if failed else ""))
+    if final.outcome is not Outcome.completed:
         raise typer.Exit(EXIT_JOB_FAILED)
     raise typer.Exit(EXIT_ITEMS_FAILED if failed else EXIT_OK)
 
 
-async def _submit(job: Job, backend: str, settings: Settings, *, wait: bool) -> dict | None:
+async def _submit(job: Job, backend: str, settings: Settings, *, wait: bool) -> FinalEvent | None:
     async with AsyncClient(backend, settings=settings) as client:  # type: ignore[arg-type]
         handle = await client.submit(job)
         err.print(f"job {handle.id}: {job.total} item(s) submitted ({backend})")
@@ -41,7 +43,7 @@ async def _submit(job: Job, backend: str, settings: Settings, *, wait: bool) -> 
         with bar:
             task = bar.add_task(handle.id, total=job.total, failed=0)
             async for event in handle.stream():
-                p = event.get("progress") or (event if event.get("type") == "progress" else {})
-                if p:
-                    bar.update(task, completed=p.get("completed", 0) + p.get("failed", 0), failed=p.get("failed", 0))
+                p = event.progress if isinstance(event, ChunkEvent) else event
+                if isinstance(p, Counts | ProgressEvent):
+                    bar.update(task, completed=p.completed + p.failed, failed=p.failed)
         return handle.final

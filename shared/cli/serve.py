@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from shared.cli.common import err, setup_logging
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
 
 
 def serve_runpod(
@@ -18,8 +18,8 @@ def serve_runpod(
     import uvicorn
 
     from handler.platforms.runpod import RunpodHandler, set_sdk_log_level
+    from handler.platforms.runpod_harness import create_harness_app
     from handler.service import JobService
-    from shared.runpod_harness import create_harness_app
 
     settings = get_settings()
     setup_logging(settings)
@@ -40,7 +40,7 @@ def serve(
     """Run the HTTP API (jobs go to DISPATCHER: queue, runpod, modal or local)."""
     import uvicorn
 
-    from shared.api import create_app
+    from shared.server.api import create_app
 
     settings = get_settings()
     setup_logging(settings)
@@ -59,7 +59,7 @@ def openapi(
     """Write the API's OpenAPI document (commit it: a TypeScript client is generated from it)."""
     import json
 
-    from shared.api.openapi_doc import openapi_document
+    from shared.server.api.app import openapi_document
 
     text = json.dumps(openapi_document(), indent=2, ensure_ascii=False) + "\n"
     if output == "-":

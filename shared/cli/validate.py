@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from shared.cli.common import EXIT_INVALID_INPUT, err, job_options, load, show_rejections
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
 
 
 def validate(

@@ -3,40 +3,40 @@
     http    our API (`llm-jobs serve`): SSE events resumed with Last-Event-ID after a drop
     runpod  a RunPod endpoint (or `llm-jobs serve-runpod`): /run, /stream, /status, /cancel
     modal   the deployed Modal app: `LLMJobs.run.spawn`; the final event when the call ends
-    local   an engine in this process, results in the configured store
+    local   an engine in this process, through the job lifecycle (shared/server/lifecycle.py)
 
-Each backend speaks events as dicts: `chunk` (results and progress), `progress`, `final`.
+Every backend takes a validated Job (the wire format) and yields events as models
+(shared/contracts/events.py), each validated on arrival: `chunk`, `progress`, `error`, then
+exactly one `final`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import httpx
+from pydantic import ValidationError
 
-from shared.api.dispatch import LocalDispatcher
-from shared.api.events import follow
-from shared.errors import ApiError, AuthError, InputError, Issue, NotFound, RateLimited
-from shared.inputs import parse_job_document
-from shared.models import Result
-from shared.retry import with_retries
-from shared.runpod_client import FINAL_STATES, RunpodClient
-from shared.settings import Settings
+from shared.contracts.errors import ApiError, AuthError, InputError, Issue, NotFound, RateLimited
+from shared.contracts.events import ChunkEvent, Event, FinalEvent, Outcome, parse_event
+from shared.contracts.models import Job, JobStatus, Result, Summary
+from shared.contracts.retry import RETRYABLE_STATUS, transient, with_retries
+from shared.contracts.settings import DEFAULTS, Settings
+from shared.queue.runpod import FINAL_STATES, STATUSES, RunpodClient
 from shared.stores import open_store
 
-Event = tuple[str, dict[str, Any]]  # (event id, event)
+Received = tuple[str, Event]  # (event id, event)
 
 
 class Backend(Protocol):
-    async def submit(self, doc: dict[str, Any]) -> dict[str, Any]:
+    async def submit(self, job: Job) -> dict[str, Any]:
         """Start the job; answers at least {"id", "status"}."""
 
     async def get(self, job_id: str) -> dict[str, Any]: ...
 
-    def events(self, job_id: str, after: str | None) -> AsyncIterator[Event]:
+    def events(self, job_id: str, after: str | None) -> AsyncIterator[Received]:
         """Events after `after` until `final`."""
 
     async def results(self, job_id: str, after: str | None, limit: int) -> tuple[list[Result], str | None]:
@@ -50,12 +50,6 @@ class Backend(Protocol):
 # ## http: our API
 
 
-def _retryable(e: BaseException) -> bool:
-    if isinstance(e, httpx.HTTPStatusError):
-        return e.response.status_code in (429, 502, 503, 504)
-    return isinstance(e, httpx.TransportError)
-
-
 def _raise_for(r: httpx.Response) -> None:
     if r.status_code < 400:
         return
@@ -67,13 +61,14 @@ def _raise_for(r: httpx.Response) -> None:
         raise InputError([Issue(d.get("message", ""), field=d.get("field", ""), index=d.get("index"),
                                 line=d.get("line")) for d in detail])
     cls = {401: AuthError, 403: AuthError, 404: NotFound, 429: RateLimited}.get(r.status_code, ApiError)
-    if cls is ApiError and r.status_code in (429, 502, 503, 504):
+    if cls is ApiError and r.status_code in RETRYABLE_STATUS:
         r.raise_for_status()  # retried by the caller
     raise cls(f"{r.request.method} {r.request.url.path}: HTTP {r.status_code}: {detail}", status=r.status_code)
 
 
 class HttpBackend:
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 30, attempts: int = 5,
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = DEFAULTS.http_timeout_s,
+                 attempts: int = 5,
                  transport: httpx.AsyncBaseTransport | None = None):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s,
@@ -89,20 +84,20 @@ class HttpBackend:
             return r.json()
 
         try:
-            return await with_retries(once, attempts=self.attempts, retryable=_retryable)
+            return await with_retries(once, attempts=self.attempts, retryable=transient)
         except httpx.HTTPStatusError as e:
             code = e.response.status_code
             raise (RateLimited if code == 429 else ApiError)(f"{method} {path}: HTTP {code}", status=code) from e
         except httpx.TransportError as e:
             raise ApiError(f"{method} {path}: {type(e).__name__}: {e}") from e
 
-    async def submit(self, doc: dict[str, Any]) -> dict[str, Any]:
-        return await self._call("POST", "/v1/jobs", json=doc)
+    async def submit(self, job: Job) -> dict[str, Any]:
+        return await self._call("POST", "/v1/jobs", json=job.wire())
 
     async def get(self, job_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/v1/jobs/{job_id}")
 
-    async def events(self, job_id: str, after: str | None) -> AsyncIterator[Event]:
+    async def events(self, job_id: str, after: str | None) -> AsyncIterator[Received]:
         drops = 0
         while True:
             headers = {"Last-Event-ID": after} if after else {}
@@ -111,10 +106,10 @@ class HttpBackend:
                     if r.status_code >= 400:
                         await r.aread()
                         _raise_for(r)
-                    async for event_id, data in _sse(r.aiter_lines()):
+                    async for event_id, event in _sse(r.aiter_lines()):
                         after, drops = event_id or after, 0
-                        yield event_id, data
-                        if data.get("type") == "final":
+                        yield event_id, event
+                        if isinstance(event, FinalEvent):
                             return
             except (httpx.TransportError, httpx.HTTPStatusError) as e:
                 drops += 1
@@ -134,13 +129,13 @@ class HttpBackend:
         await self._http.aclose()
 
 
-async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[Event]:
-    """(id, data) per Server-Sent Event; comments (pings) are skipped."""
+async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[Received]:
+    """(id, event) per Server-Sent Event, validated; comments (pings) are skipped."""
     event_id, data = "", []
     async for line in lines:
         if not line:
             if data:
-                yield event_id, json.loads("\n".join(data))
+                yield event_id, _event("\n".join(data))
             event_id, data = "", []
         elif line.startswith(":"):
             continue
@@ -153,11 +148,18 @@ async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[Event]:
                 data.append(value)
 
 
+def _event(data: Any) -> Event:
+    try:
+        return parse_event(data)
+    except ValidationError as e:
+        raise ApiError(f"the backend sent something that is not an llm-jobs event: {e}") from e
+
+
 # ## runpod: a RunPod endpoint
 
 
-STATUS = {"IN_QUEUE": "queued", "IN_PROGRESS": "running", "COMPLETED": "completed", "FAILED": "failed",
-          "CANCELLED": "cancelled", "TIMED_OUT": "failed"}
+#: how a RunPod job that ended without our final event (a stop, a crash, a timeout) ended
+_OUTCOMES = {"COMPLETED": Outcome.completed, "CANCELLED": Outcome.cancelled}
 
 
 class RunpodBackend:
@@ -167,46 +169,58 @@ class RunpodBackend:
         self.client = client
         self.poll_s = poll_s
         self._runs: dict[str, str] = {}  # our job id -> RunPod request id
+        self._totals: dict[str, int] = {}
         self._results: dict[str, dict[str, Result]] = {}
 
     def _run_id(self, job_id: str) -> str:
         return self._runs.get(job_id, job_id)
 
-    async def submit(self, doc: dict[str, Any]) -> dict[str, Any]:
-        answer = await self.client.run(doc)
-        self._runs[doc["id"]] = answer["id"]
-        return {"id": doc["id"], "status": STATUS.get(answer.get("status", ""), "queued"), "run_id": answer["id"]}
+    async def submit(self, job: Job) -> dict[str, Any]:
+        answer = await self.client.run(job.wire())
+        self._runs[job.id], self._totals[job.id] = answer["id"], job.total
+        status = STATUSES.get(answer.get("status", ""), JobStatus.queued)
+        return {"id": job.id, "status": status.value, "run_id": answer["id"]}
 
     async def get(self, job_id: str) -> dict[str, Any]:
         answer = await self.client.status(self._run_id(job_id))
-        out = {"id": job_id, "status": STATUS.get(answer["status"], answer["status"].lower()),
+        status = STATUSES.get(answer["status"])
+        out = {"id": job_id, "status": status.value if status else answer["status"].lower(),
                "run_id": answer.get("id"), "error": answer.get("error")}
-        for e in answer.get("output") or []:
-            self._keep(job_id, e)
+        for output in answer.get("output") or []:
+            self._keep(job_id, output)
         return out
 
-    def _keep(self, job_id: str, event: Any) -> None:
-        if isinstance(event, dict) and event.get("type") == "chunk":
-            for r in event["results"]:
-                self._results.setdefault(job_id, {})[r["custom_id"]] = Result.model_validate(r)
+    def _keep(self, job_id: str, output: Any) -> Event | None:
+        """Our event, if this RunPod output is one (the handler also yields `{"error": ...}`)."""
+        try:
+            event = parse_event(output)
+        except ValidationError:
+            return None
+        if isinstance(event, ChunkEvent):
+            for r in event.results:
+                self._results.setdefault(job_id, {})[r.custom_id] = r
+        return event
 
-    async def events(self, job_id: str, after: str | None) -> AsyncIterator[Event]:
+    async def events(self, job_id: str, after: str | None) -> AsyncIterator[Received]:
         n = int(after) if after and after.isdigit() else 0
         while True:
             answer = await self.client.stream(self._run_id(job_id))
             for item in answer.get("stream", []):
+                event = self._keep(job_id, item.get("output"))
+                if event is None:
+                    continue
                 n += 1
-                event = item.get("output")
-                self._keep(job_id, event)
                 yield str(n), event
-                if isinstance(event, dict) and event.get("type") == "final":
+                if isinstance(event, FinalEvent):
                     return
-            status = answer.get("status")
-            if status in FINAL_STATES and not answer.get("stream"):
-                final = await self.client.status(self._run_id(job_id))
-                # CANCELLED and FAILED end the job too (with no `final` from the worker)
-                yield "final", {"type": "final", "job_id": job_id, "status": STATUS.get(status, "failed"),
-                                "summary": None, "error": final.get("error")}
+            state = answer.get("status")
+            if state in FINAL_STATES and not answer.get("stream"):
+                # ended with no final event of ours: stopped, cancelled, timed out, or failed before it ran
+                error = (await self.client.status(self._run_id(job_id))).get("error")
+                reason = error or f"RunPod says {state}"
+                summary = Summary.empty(self._totals.get(job_id, 0), reason)
+                yield "final", FinalEvent(job_id=job_id, outcome=_OUTCOMES.get(state, Outcome.failed),
+                                          summary=summary)
                 return
             if not answer.get("stream"):
                 await asyncio.sleep(self.poll_s)
@@ -220,7 +234,7 @@ class RunpodBackend:
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         answer = await self.client.cancel(self._run_id(job_id))
-        return {"id": job_id, "status": STATUS.get(answer.get("status", ""), "cancelled")}
+        return {"id": job_id, "status": STATUSES.get(answer.get("status", ""), JobStatus.cancelled).value}
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -243,31 +257,36 @@ class _StoreReads:
         return page, page[-1].custom_id if len(page) == limit else None
 
 
-class LocalBackend(_StoreReads):
-    """The engine boots on the first job; results go to the store Settings configure."""
+class LocalBackend:
+    """The engine boots on the first job; jobs go through the same lifecycle as the API's."""
 
     def __init__(self, settings: Settings, *, store: Any = None, service: Any = None):
-        self.settings = settings
-        self.store = store or open_store(settings)
-        self.dispatcher = LocalDispatcher(settings, self.store, service=service)
+        from shared.server.dispatch import LocalDispatcher  # the server side: only when this backend is used
+        from shared.server.lifecycle import JobLifecycle
 
-    async def submit(self, doc: dict[str, Any]) -> dict[str, Any]:
-        job = parse_job_document(doc, any_model=True, strict=True)
-        await self.store.accept(job)
-        await self.dispatcher.submit(job, doc)
-        return {"id": job.id, "status": "queued", "total": job.total}
+        store = store or open_store(settings)
+        self.lifecycle = JobLifecycle(store, LocalDispatcher(settings, store, service=service),
+                                      settings.model_copy(update={"sse_poll_s": 0.1}))
 
-    async def events(self, job_id: str, after: str | None) -> AsyncIterator[Event]:
-        async for ev in follow(self.dispatcher.events, self.store, job_id, after, poll_s=0.1):
-            yield ev.id, ev.data
+    async def submit(self, job: Job) -> dict[str, Any]:
+        accepted = await self.lifecycle.submit(job)
+        return {"id": job.id, "status": accepted.status.value, "total": job.total, "created": accepted.created}
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        return (await self.lifecycle.get(job_id)).model_dump(mode="json")
+
+    async def results(self, job_id: str, after: str | None, limit: int) -> tuple[list[Result], str | None]:
+        return await self.lifecycle.results(job_id, after=after, limit=limit)
+
+    async def events(self, job_id: str, after: str | None) -> AsyncIterator[Received]:
+        async for ev in self.lifecycle.follow(job_id, after):
+            yield ev.id, ev.event
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
-        await self.dispatcher.cancel(job_id)
-        return await self.get(job_id)
+        return (await self.lifecycle.cancel(job_id)).record.model_dump(mode="json")
 
     async def aclose(self) -> None:
-        await self.dispatcher.close()
-        await self.store.close()
+        await self.lifecycle.close()
 
 
 class ModalBackend(_StoreReads):
@@ -285,31 +304,30 @@ class ModalBackend(_StoreReads):
         self.live = live
         self.store = store or open_store(settings)
         self._calls: dict[str, Any] = {}  # job id -> FunctionCall (spawned)
-        self._docs: dict[str, dict[str, Any]] = {}  # job id -> document (live, not started yet)
+        self._jobs: dict[str, Job] = {}  # job id -> job (live, not started yet)
 
-    async def submit(self, doc: dict[str, Any]) -> dict[str, Any]:
+    async def submit(self, job: Job) -> dict[str, Any]:
         if self.live:
-            self._docs[doc["id"]] = doc
-            return {"id": doc["id"], "status": "queued"}
-        call = await self._cls().run.spawn.aio(doc)
-        self._calls[doc["id"]] = call
-        return {"id": doc["id"], "status": "queued", "call_id": call.object_id}
+            self._jobs[job.id] = job
+            return {"id": job.id, "status": "queued"}
+        call = await self._cls().run.spawn.aio(job.wire())
+        self._calls[job.id] = call
+        return {"id": job.id, "status": "queued", "call_id": call.object_id}
 
-    async def events(self, job_id: str, after: str | None) -> AsyncIterator[Event]:
-        if job_id in self._docs:
+    async def events(self, job_id: str, after: str | None) -> AsyncIterator[Received]:
+        if job_id in self._jobs:
             n = 0
-            async for event in self._cls().stream.remote_gen.aio(self._docs[job_id]):
+            async for data in self._cls().stream.remote_gen.aio(self._jobs[job_id].wire()):
                 n += 1
-                yield str(n), event
-            self._docs.pop(job_id, None)
+                yield str(n), _event(data)
+            self._jobs.pop(job_id, None)
             return
-        final = await self._calls[job_id].get.aio()
-        yield "final", final
+        yield "final", _event(await self._calls[job_id].get.aio())
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         if job_id in self._calls:
             await self._calls[job_id].cancel.aio()
-        self._docs.pop(job_id, None)
+        self._jobs.pop(job_id, None)
         return {"id": job_id, "status": "cancelled"}
 
     async def aclose(self) -> None:

@@ -2,8 +2,8 @@
 
     async with AsyncClient("http", base_url="https://jobs.example.com", api_key=KEY) as client:
         job = await client.submit("essays.jsonl", template=..., response_format=...)
-        async for event in job.stream():          # chunk events as results are stored, then final
-            print(event["type"], event.get("progress"))
+        async for event in job.stream():          # ChunkEvent as results are stored, then FinalEvent
+            print(event.type, event.progress if event.type == "chunk" else "")
         async for result in job.results():        # every result, page by page
             ...
 
@@ -19,32 +19,31 @@ from typing import Any, Literal
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from shared.errors import ConfigError, JobFailed
-from shared.inputs import parse_job
-from shared.models import Item, Job, Result, new_job_id
-from shared.runpod_client import RunpodClient
+from shared.contracts.errors import ConfigError, JobFailed
+from shared.contracts.events import Event, FinalEvent, Outcome
+from shared.contracts.inputs import parse_job, parse_job_document
+from shared.contracts.models import Item, Job, Result
+from shared.contracts.settings import Settings, get_settings
+from shared.queue.runpod import RunpodClient
 from shared.sdk._backends import Backend, HttpBackend, LocalBackend, ModalBackend, RunpodBackend
-from shared.settings import Settings, get_settings
 
 BackendName = Literal["http", "runpod", "modal", "local"]
 JobInput = Job | dict[str, Any] | list[dict[str, Any] | Item] | str | Path
 
 
-def _document(job: JobInput, options: dict[str, Any]) -> dict[str, Any]:
-    """A Job document with an id, from whatever the caller has."""
+def _validated(job: JobInput, options: dict[str, Any]) -> Job:
+    """A validated Job with an id, from whatever the caller has (InputError names line and field)."""
     if isinstance(job, (str, Path)):
-        parsed = parse_job(job, options=options or None, any_model=True, strict=True)
-        doc = parsed.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"rejected"})
-    elif isinstance(job, Job):
-        doc = job.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"rejected"})
-        doc.update(options)
+        return parse_job(job, options=options or None, any_model=True, strict=True)  # the id defaults to a new one
+    if isinstance(job, Job):
+        if not options and job.prepared is not None:
+            return job  # validated already
+        doc = job.wire()
     elif isinstance(job, list):
-        doc = {"items": [i.model_dump(mode="json", exclude_none=True) if isinstance(i, Item) else i for i in job],
-               **options}
+        doc = {"items": [i.model_dump(mode="json", exclude_none=True) if isinstance(i, Item) else i for i in job]}
     else:
-        doc = {**job, **options}
-    doc.setdefault("id", new_job_id())
-    return doc
+        doc = dict(job)
+    return parse_job_document({**doc, **options}, any_model=True, strict=True)
 
 
 class AsyncJob:
@@ -54,35 +53,34 @@ class AsyncJob:
         self._backend = backend
         self.id = job_id
         self.submitted = submitted
-        self.final: dict[str, Any] | None = None
+        self.final: FinalEvent | None = None
         self._last_event: str | None = None
 
     def __repr__(self) -> str:
         return f"AsyncJob(id={self.id!r})"
 
-    async def stream(self) -> AsyncIterator[dict[str, Any]]:
-        """Events as they come: `chunk` (results + progress) or `progress`, then `final`."""
+    async def stream(self) -> AsyncIterator[Event]:
+        """Events as they come (ChunkEvent with results and progress, or ProgressEvent), then FinalEvent."""
         if self.final is not None:
             yield self.final
             return
         async for event_id, event in self._backend.events(self.id, self._last_event):
             self._last_event = event_id or self._last_event
-            if event.get("type") == "final":
+            if isinstance(event, FinalEvent):
                 self.final = event
             yield event
 
-    async def wait(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> dict[str, Any]:  # noqa: ASYNC109
+    async def wait(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> FinalEvent:  # noqa: ASYNC109
         """The final event. Raises TimeoutError after `timeout` s, JobFailed if the job failed."""
-        async def drain() -> dict[str, Any]:
+        async def drain() -> FinalEvent:
             async for _ in self.stream():
                 pass
             assert self.final is not None
             return self.final
 
         final = await asyncio.wait_for(drain(), timeout)
-        if raise_on_failure and final.get("status") == "failed":
-            reason = (final.get("summary") or {}).get("reason") or final.get("error") or "failed"
-            raise JobFailed(f"job {self.id} failed: {reason}")
+        if raise_on_failure and final.outcome is Outcome.failed:
+            raise JobFailed(f"job {self.id} failed: {final.summary.reason or 'failed'}")
         return final
 
     async def results(self, *, page_size: int = 500) -> AsyncIterator[Result]:
@@ -136,9 +134,9 @@ class AsyncClient:
         Keyword options (template, system, sampling, response_format, chunk_size, id, ...) apply to
         the job. The input is validated here first: an InputError names the line and field.
         """
-        doc = _document(job, options)
-        answer = await self._backend.submit(doc)
-        return AsyncJob(self._backend, answer.get("id", doc["id"]), answer)
+        validated = _validated(job, options)
+        answer = await self._backend.submit(validated)
+        return AsyncJob(self._backend, answer.get("id", validated.id), answer)
 
     def job(self, job_id: str) -> AsyncJob:
         """A handle on a job submitted earlier (stream, wait, results, cancel)."""
@@ -175,10 +173,10 @@ class JobHandle:
             except StopAsyncIteration:
                 return
 
-    def stream(self) -> Iterator[dict[str, Any]]:
+    def stream(self) -> Iterator[Event]:
         return self._iterate(self._job.stream())
 
-    def wait(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> dict[str, Any]:
+    def wait(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> FinalEvent:
         return self._portal.call(lambda: self._job.wait(timeout, raise_on_failure=raise_on_failure))
 
     def results(self, *, page_size: int = 500) -> Iterator[Result]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.settings import Settings
+from shared.contracts.settings import Settings
 from shared.stores.base import Store
 
 

@@ -8,16 +8,21 @@ written twice is counted once.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from shared.errors import StoreUnavailable
-from shared.models import ItemError, Job, JobRecord, JobStatus, Result, ResultStatus, Summary, Usage
+from shared.contracts.errors import StoreError, StoreUnavailable
+from shared.contracts.events import Outcome
+from shared.contracts.models import ItemError, Job, JobRecord, JobStatus, Result, ResultStatus, Summary, Usage
 
 T = TypeVar("T")
+
+log = logging.getLogger("llm_jobs.store")
 
 #: the columns of job_results a write sends, every time (PostgREST nulls a missing key on merge)
 RESULT_COLUMNS = ("job_id", "custom_id", "status", "text", "parsed", "error", "finish_reason",
@@ -41,6 +46,9 @@ class Store(Protocol):
         """Record the outcome. Callers shield it from cancellation."""
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
+        """The most recent jobs first (by created_at, then id), optionally only those in `status`."""
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         """Results ordered by custom_id, those after `after` (keyset pagination)."""
@@ -96,3 +104,18 @@ async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
         with attempt:
             return await call()
     raise AssertionError("unreachable")
+
+
+async def record_outcome(store: Store, job_id: str, outcome: Outcome, summary: Summary, *, retry_s: float) -> bool:
+    """The one way a job's outcome is written (the runner at the end of a run, the lifecycle for a
+    job cancelled before it ran, a dispatcher for a job that crashed before its run began).
+
+    Shielded from cancellation, so a cancelled job still records that it was cancelled, and
+    retried with backoff. False (logged) when the store would not take it.
+    """
+    try:
+        await asyncio.shield(retrying(lambda: store.finish(job_id, outcome.status, summary), within_s=retry_s))
+    except StoreError:
+        log.exception("job %s: could not record its outcome (%s)", job_id, outcome)
+        return False
+    return True

@@ -12,8 +12,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from shared.errors import StoreError, StoreUnavailable
-from shared.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.errors import StoreError, StoreUnavailable
+from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
 from shared.stores.base import result_row, row_job, row_result
 
 # One statement per chunk: the rows travel as one JSON array and are upserted together.
@@ -100,6 +100,13 @@ class PostgresStore:
             await cur.execute("select * from jobs where id = %s", (job_id,))
             row = await cur.fetchone()
         return row_job(row) if row else None
+
+    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
+        async with self._cursor() as cur:
+            await cur.execute("select * from jobs where (%s::text is null or status = %s) "
+                              "order by created_at desc, id desc limit %s",
+                              (status and status.value, status and status.value, limit))
+            return [row_job(r) for r in await cur.fetchall()]
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         async with self._cursor() as cur:

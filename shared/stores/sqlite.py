@@ -11,8 +11,8 @@ from typing import Any
 
 import aiosqlite
 
-from shared.errors import StoreError, StoreUnavailable
-from shared.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.errors import StoreError, StoreUnavailable
+from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
 from shared.stores.base import RESULT_COLUMNS, result_row, row_job, row_result
 
 SCHEMA = """
@@ -125,6 +125,11 @@ class SQLiteStore:
     async def get_job(self, job_id: str) -> JobRecord | None:
         rows = await self._run("select * from jobs where id = ?", (job_id,), fetch=True)
         return row_job(dict(rows[0])) if rows else None
+
+    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
+        where, args = ("where status = ? ", (status.value, limit)) if status else ("", (limit,))
+        rows = await self._run(f"select * from jobs {where}order by created_at desc, id desc limit ?", args, fetch=True)
+        return [row_job(dict(r)) for r in rows]
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         rows = await self._run("select * from job_results where job_id = ? and custom_id > ? order by custom_id "

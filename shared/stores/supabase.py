@@ -17,8 +17,8 @@ import httpx
 from postgrest.exceptions import APIError
 from postgrest.types import ReturnMethod
 
-from shared.errors import StoreError, StoreUnavailable
-from shared.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.errors import StoreError, StoreUnavailable
+from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
 from shared.stores.base import result_row, row_job, row_result
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
@@ -105,6 +105,14 @@ class SupabaseStore:
         async with self._mapped("get_job") as db:
             rows = (await db.table("jobs").select("*").eq("id", job_id).limit(1).execute()).data
         return row_job(rows[0]) if rows else None
+
+    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
+        async with self._mapped("list_jobs") as db:
+            query = db.table("jobs").select("*")
+            if status is not None:
+                query = query.eq("status", status.value)
+            rows = (await query.order("created_at", desc=True).order("id", desc=True).limit(limit).execute()).data
+        return [row_job(r) for r in rows]
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         async with self._mapped("results") as db:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import shared
 import shared.sdk
-from shared.api.openapi_doc import openapi_document
+from shared.server.api.app import openapi_document
 
 ROOT = Path(__file__).resolve().parents[2]
 

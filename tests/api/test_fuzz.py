@@ -10,11 +10,11 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from shared.api import create_app
-from shared.settings import Settings
+from shared.contracts.settings import Settings
+from shared.server.api import create_app
 from shared.stores.sqlite import SQLiteStore
+from testkit.serve import ThreadedServer
 from tests.fakes import RecordingDispatcher
-from tests.support.serve import ThreadedServer
 
 KEY = "fuzz-key"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pytest_asyncio
 
-from shared.settings import Settings
+from shared.contracts.settings import Settings
 
 #: a small context keeps the KV cache and the over-long-prompt test cheap
 TEST_MAX_MODEL_LEN = 2048

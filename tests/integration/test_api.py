@@ -10,15 +10,15 @@ import httpx
 import pytest
 
 from handler.worker import Worker
-from shared.api import create_app
-from shared.api.auth import digest
-from shared.models import JobStatus
-from shared.prepare import Limits
+from shared.contracts.events import ChunkEvent, FinalEvent, Outcome, parse_event
+from shared.contracts.prepare import Limits
+from shared.server.api import create_app
+from shared.server.api.auth import digest
 from shared.stores.postgres import PostgresStore
+from testkit.serve import LoopServer
 from tests.conftest import UPSTASH_TOKEN, make_queue
 from tests.integration.conftest import engine_settings
 from tests.integration.test_persistence import counters_match, rows
-from tests.support.serve import LoopServer
 
 KEY = "test-key-1"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -91,11 +91,13 @@ async def test_submit_follow_reconnect_and_read_results(api, pg):
     events = first + rest
     ids = [i for i, _ in events]
     assert len(ids) == len(set(ids)) and events[-1][1]["type"] == "final"
+    typed = [parse_event(e) for _, e in events]  # every event on the wire is a valid member of the union
+    assert all(isinstance(e, ChunkEvent) for e in typed[:-1]) and isinstance(typed[-1], FinalEvent)
     chunks = [e for _, e in events if e["type"] == "chunk"]
     assert [c["seq"] for c in chunks] == list(range(1, len(chunks) + 1))  # no gap, no repeat
     got = [res["custom_id"] for c in chunks for res in c["results"]]
     assert sorted(got) == [f"i{i:02d}" for i in range(24)]
-    assert events[-1][1]["status"] == "completed"
+    assert events[-1][1]["outcome"] == "completed" and events[-1][1]["summary"]["total"] == 24
 
     status = (await client.get("/v1/jobs/api-1")).json()
     assert status["status"] == "completed" and status["completed"] + status["failed"] == 24
@@ -124,7 +126,7 @@ async def test_cancel_a_running_job(api):
     r = await client.post("/v1/jobs/api-cancel/cancel")
     assert r.status_code == 200 and r.json()["stopped_before_start"] is False
     events = await read_sse(client, "api-cancel")
-    assert events[-1][1]["type"] == "final" and events[-1][1]["status"] == "cancelled"
+    assert events[-1][1]["type"] == "final" and events[-1][1]["outcome"] == "cancelled"
     status = (await client.get("/v1/jobs/api-cancel")).json()
     assert status["status"] == "cancelled" and status["completed"] + status["failed"] < 48
 
@@ -144,7 +146,7 @@ async def test_cancel_before_it_runs_and_jsonl_input(api, redis_server):
     if c["stopped_before_start"]:
         assert c["status"] == "cancelled"
     events = await read_sse(client, "api-jsonl")
-    assert events[-1][1]["status"] == "cancelled"
+    assert events[-1][1]["outcome"] == "cancelled" and events[-1][1]["summary"]["total"] == 3
 
 
 async def test_bad_input_auth_cors_and_health(api):
@@ -202,7 +204,7 @@ async def test_load_20_jobs_of_20_items_all_complete_each_result_stored_once(api
 
     ids = await asyncio.gather(*(one(i) for i in range(20)))
     finals = await asyncio.gather(*(read_sse(client, i) for i in ids))
-    assert all(f[-1][1]["status"] == JobStatus.completed for f in finals)
+    assert all(f[-1][1]["outcome"] == Outcome.completed for f in finals)
     for job_id in ids:
         assert len(rows(pg, job_id)) == 20
         counters_match(pg, job_id)

@@ -10,9 +10,10 @@ from jsonschema import Draft202012Validator
 
 from handler.engine.default_model import END_OF_TURN
 from handler.runner import run_job
-from shared.inputs import parse_job, parse_job_text
-from shared.models import ChunkEvent, FinalEvent, Item, Job, JobStatus, ResultStatus, Sampling
-from shared.openai_batch import to_openai
+from shared.contracts.events import ChunkEvent, FinalEvent
+from shared.contracts.inputs import parse_job, parse_job_text
+from shared.contracts.models import Item, Job, JobStatus, ResultStatus, Sampling
+from shared.contracts.openai_batch import to_openai
 
 ROOT = Path(__file__).resolve().parents[2]
 GRADING = json.loads((ROOT / "examples/grading/job.json").read_text())

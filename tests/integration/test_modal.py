@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 import modal_app
 from handler.platforms.modal import queued_jobs
 from handler.service import JobService
-from shared.errors import ConfigError, JobFailed
-from shared.models import Job
-from shared.settings import Settings
+from shared.contracts.errors import ConfigError, JobFailed
+from shared.contracts.models import Job
+from shared.contracts.settings import Settings
 from shared.stores.sqlite import SQLiteStore
 from tests.conftest import UPSTASH_TOKEN, make_queue
 from tests.fakes import FakeEngine, RecordingDispatcher
@@ -81,11 +81,12 @@ async def local_service(engine, tmp_path, upstash, redis_server):
 
 async def test_run_local_returns_the_final_event_and_stores_everything(local_service):
     final = await modal_app.LLMJobs().run.local({**job_input(6), "id": "modal-run"})
-    assert final["type"] == "final" and final["status"] == "completed" and final["summary"]["completed"] == 6
+    assert final["type"] == "final" and final["outcome"] == "completed" and final["summary"]["completed"] == 6
     assert len(await local_service.store.results("modal-run")) == 6
 
     bad = await modal_app.LLMJobs().run.local({**job_input(2), "sampling": {"top_p": 0}})
-    assert bad["type"] == "error" and "sampling.top_p" in bad["error"]  # returned, not raised: no retry
+    # returned, not raised: a retry could not help
+    assert bad["type"] == "final" and bad["outcome"] == "failed" and "sampling.top_p" in bad["summary"]["reason"]
 
 
 async def test_stream_yields_chunks_as_stored(local_service):
@@ -127,7 +128,7 @@ async def test_run_raises_when_the_job_fails_so_modal_retries(tmp_path):
 
 @pytest.fixture
 def api_env(monkeypatch, tmp_path):
-    from shared.settings import get_settings
+    from shared.contracts.settings import get_settings
 
     monkeypatch.setenv("API_KEYS", "modal-key")
     monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "jobs.db"))
@@ -138,7 +139,7 @@ def api_env(monkeypatch, tmp_path):
 
 
 def test_web_app_is_the_api_and_refuses_to_run_open(api_env, monkeypatch):
-    from shared.settings import get_settings
+    from shared.contracts.settings import get_settings
 
     recorder = RecordingDispatcher()
     with TestClient(modal_app.web_app(recorder)) as client:
@@ -162,8 +163,8 @@ async def test_web_app_spawns_and_streams_from_the_store(api_env, local_service,
 
         events = None
 
-        async def submit(self, job, doc):
-            self.jobs.append(asyncio.create_task(modal_app.LLMJobs().run.local(doc)))
+        async def submit(self, job):
+            self.jobs.append(asyncio.create_task(modal_app.LLMJobs().run.local(job.wire())))
 
     app = modal_app.web_app(LocalSpawn())
     transport = httpx.ASGITransport(app=app)
@@ -178,14 +179,14 @@ async def test_web_app_spawns_and_streams_from_the_store(api_env, local_service,
                     events.append(json.loads(line[5:]))
                     if events[-1]["type"] == "final":
                         break
-        assert events[-1]["status"] == "completed"  # progress events from the store, then final
+        assert events[-1]["outcome"] == "completed"  # progress events from the store, then final
         assert {e["type"] for e in events} <= {"progress", "final"}
         page = (await client.get("/v1/jobs/modal-web/results")).json()
         assert len(page["data"]) == 4
 
 
 async def test_cron_skips_the_gpu_when_the_queue_is_empty(local_service, monkeypatch):
-    from shared.settings import get_settings
+    from shared.contracts.settings import get_settings
 
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", local_service.settings.upstash_redis_rest_url)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", UPSTASH_TOKEN)

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from handler.runner import run_job
-from shared.models import ChunkEvent, Item, Job, JobStatus, Sampling
+from shared.contracts.events import ChunkEvent
+from shared.contracts.models import Item, Job, JobStatus, Sampling
 from shared.stores.postgres import PostgresStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 - in process, through `run_job_generator` (what the SDK wraps every generator handler in);
 - `runpod_worker.py` for real, in a subprocess: the SDK's JobScaler takes jobs from a faithful
-  RunPod control plane (tests/support/runpod_api.py), streams outputs and posts the aggregate,
+  RunPod control plane (testkit/runpod_api.py), streams outputs and posts the aggregate,
   and stops a job when RunPod signals it.
 """
 
@@ -22,7 +22,7 @@ from runpod.serverless.modules.rp_job import run_job_generator
 import runpod_worker
 from handler.platforms.runpod import RunpodHandler
 from handler.service import JobService
-from shared.models import JobStatus
+from shared.contracts.models import JobStatus
 from shared.stores.sqlite import SQLiteStore
 from tests.integration.conftest import TEST_MAX_MODEL_LEN, engine_settings
 
@@ -65,7 +65,7 @@ async def test_chunks_then_final_and_every_result_stored(service):
     events = [o["output"] for o in outs]
     assert [e["type"] for e in events] == ["chunk", "chunk", "chunk", "final"]
     assert [len(e["results"]) for e in events[:3]] == [5, 5, 2]
-    assert events[-1]["status"] == "completed" and events[-1]["job_id"] == "rp-chunks"  # RunPod's id
+    assert events[-1]["outcome"] == "completed" and events[-1]["job_id"] == "rp-chunks"  # RunPod's id
     stored = await service.store.results("rp-chunks")
     assert sorted(r.custom_id for r in stored) == sorted(f"q{i}" for i in range(12))
 
@@ -104,7 +104,7 @@ async def test_worker_vllm_input_is_a_one_item_job_with_its_output_shape(service
 
 @pytest.fixture(scope="module")
 def runpod_api():
-    from tests.support.runpod_api import FakeRunpod
+    from testkit.runpod_api import FakeRunpod
 
     api = FakeRunpod().start()
     yield api
@@ -149,7 +149,7 @@ def test_worker_boots_once_then_streams_and_aggregates(runpod_api, worker_proc):
     streamed = runpod_api.seen.streamed["job-a"]
     assert [e["type"] for e in streamed] == ["chunk", "chunk", "chunk", "final"]
     assert runpod_api.seen.done["job-a"] == {"output": streamed}  # the aggregate is every streamed output
-    assert streamed[-1]["status"] == "completed" and streamed[-1]["summary"]["completed"] == 12
+    assert streamed[-1]["outcome"] == "completed" and streamed[-1]["summary"]["completed"] == 12
 
     bad = runpod_api.seen.done["job-bad"]
     assert "output" not in bad and "chunk_size" in bad["error"] and bad["error"].startswith("invalid input")
@@ -183,4 +183,4 @@ def test_runpod_stop_signal_cancels_the_job_and_records_it(runpod_api, worker_pr
     # the worker carries on after a cancel
     runpod_api.submit("job-after", job_input(3))
     runpod_api.wait(lambda: "job-after" in runpod_api.seen.done, proc=worker_proc)
-    assert runpod_api.seen.done["job-after"]["output"][-1]["status"] == "completed"
+    assert runpod_api.seen.done["job-after"]["output"][-1]["outcome"] == "completed"

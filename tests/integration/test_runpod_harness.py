@@ -9,13 +9,13 @@ import httpx
 import pytest
 
 from handler.platforms.runpod import RunpodHandler
+from handler.platforms.runpod_harness import RunpodHarness, create_harness_app
 from handler.service import JobService
-from shared.models import JobStatus
-from shared.runpod_harness import RunpodHarness, create_harness_app
+from shared.contracts.models import JobStatus
 from shared.stores.sqlite import SQLiteStore
+from testkit.serve import LoopServer
 from tests.integration.conftest import engine_settings
 from tests.integration.test_runpod import job_input
-from tests.support.serve import LoopServer
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ async def test_chunks_are_on_stream_before_the_job_ends(harness):
     assert first == "IN_PROGRESS"  # a chunk was readable while the job was still running
     events = [e for _, outs in answers for e in outs]
     assert [e["type"] for e in events] == ["chunk"] * 8 + ["final"]
-    assert sum(len(e["results"]) for e in events[:-1]) == 24 and events[-1]["status"] == "completed"
+    assert sum(len(e["results"]) for e in events[:-1]) == 24 and events[-1]["outcome"] == "completed"
 
     status = (await harness.get(f"/status/{run_id}")).json()
     assert status["status"] == "COMPLETED" and status["output"] == events  # the aggregate, in order
@@ -84,7 +84,7 @@ async def test_cancel_stops_the_job(harness):
 async def test_runsync_invalid_input_health_and_errors(harness):
     r = await harness.post("/runsync", json={"input": job_input(3)})
     body = r.json()
-    assert body["status"] == "COMPLETED" and body["output"][-1]["status"] == "completed"
+    assert body["status"] == "COMPLETED" and body["output"][-1]["outcome"] == "completed"
 
     # a bad item is an error result and the job completes; bad job-level input fails the job
     partly = await harness.post("/runsync", json={"input": {"items": [{"custom_id": "a"}, {"prompt": "hi"}],

@@ -8,19 +8,19 @@ import asyncio
 import pytest
 
 from handler.platforms.runpod import RunpodHandler
+from handler.platforms.runpod_harness import create_harness_app
 from handler.service import JobService
-from shared import AsyncClient, Client, InputError, JobFailed
-from shared.runpod_harness import create_harness_app
+from shared import AsyncClient, ChunkEvent, Client, Event, FinalEvent, InputError, JobFailed, Outcome
 from shared.stores.sqlite import SQLiteStore
+from testkit.serve import LoopServer
 from tests.integration.conftest import engine_settings
 from tests.integration.test_api import KEY, api  # noqa: F401 (the API fixture)
-from tests.support.serve import LoopServer
 
 ITEMS = [{"custom_id": f"s{i}", "prompt": f"Say the number {i}."} for i in range(8)]
 OPTIONS = {"sampling": {"max_tokens": 8, "temperature": 0}, "chunk_size": 3}
 
 
-async def follow(job) -> list[dict]:
+async def follow(job) -> list[Event]:
     return [event async for event in job.stream()]
 
 
@@ -29,8 +29,9 @@ async def test_http_backend_submit_stream_results(api):  # noqa: F811
     async with AsyncClient("http", base_url=str(client.base_url), api_key=KEY, settings=settings) as sdk:
         job = await sdk.submit(ITEMS, id="sdk-http", **OPTIONS)
         events = await follow(job)
-        assert [e["type"] for e in events] == ["chunk", "chunk", "chunk", "final"]
-        assert (await job.wait())["status"] == "completed"
+        assert [e.type for e in events] == ["chunk", "chunk", "chunk", "final"]
+        assert isinstance(events[0], ChunkEvent) and isinstance(events[-1], FinalEvent)  # models, validated
+        assert (await job.wait()).outcome is Outcome.completed
         results = [r async for r in job.results(page_size=3)]  # three pages
         assert [r.custom_id for r in results] == [f"s{i}" for i in range(8)]
         assert (await sdk.get("sdk-http"))["completed"] + (await sdk.get("sdk-http"))["failed"] == 8
@@ -42,8 +43,8 @@ async def test_http_backend_submit_stream_results(api):  # noqa: F811
     def blocking() -> list[str]:
         with Client("http", base_url=str(client.base_url), api_key=KEY, settings=settings) as c:
             handle = c.submit(ITEMS[:2], id="sdk-sync", **OPTIONS)
-            types = [e["type"] for e in handle.stream()]
-            assert handle.wait()["status"] == "completed"
+            types = [e.type for e in handle.stream()]
+            assert handle.wait().outcome is Outcome.completed
             return types + [r.custom_id for r in handle.results()]
 
     assert await asyncio.to_thread(blocking) == ["chunk", "final", "s0", "s1"]
@@ -63,19 +64,20 @@ async def test_runpod_backend_against_the_harness_including_cancelled(harness_ur
                            poll_s=0.2) as sdk:
         job = await sdk.submit(ITEMS, id="sdk-rp", **OPTIONS)
         events = await follow(job)
-        assert [e["type"] for e in events] == ["chunk", "chunk", "chunk", "final"]
-        assert events[-1]["status"] == "completed"
+        assert [e.type for e in events] == ["chunk", "chunk", "chunk", "final"]
+        assert events[-1].outcome is Outcome.completed and events[-1].summary.completed == 8
         assert [r.custom_id async for r in job.results()] == [f"s{i}" for i in range(8)]
 
         long = await sdk.submit([{"custom_id": f"l{i}", "prompt": "Tell a long story."} for i in range(32)],
                                 id="sdk-rp-cancel", sampling={"max_tokens": 96}, chunk_size=1)
         stream = long.stream()
         first = await anext(stream)
-        assert first["type"] == "chunk"
+        assert isinstance(first, ChunkEvent)
         assert (await long.cancel())["status"] == "cancelled"
         rest = [e async for e in stream]
-        assert rest[-1] == {"type": "final", "job_id": "sdk-rp-cancel", "status": "cancelled", "summary": None,
-                            "error": None}  # RunPod's CANCELLED ends the stream; it is not an error
+        final = rest[-1]  # RunPod's CANCELLED ends the stream; it is not an error
+        assert isinstance(final, FinalEvent) and final.job_id == "sdk-rp-cancel"
+        assert final.outcome is Outcome.cancelled and final.summary.total == 32
         assert (await long.status())["status"] == "cancelled"
 
 
@@ -86,7 +88,7 @@ async def test_local_backend_runs_in_process(engine, tmp_path):
     async with AsyncClient("local", settings=settings, store=store, service=service) as sdk:
         job = await sdk.submit(ITEMS[:5], id="sdk-local", **OPTIONS)
         final = await job.wait(timeout=300)
-        assert final["status"] == "completed"
+        assert final.outcome is Outcome.completed and final.summary.completed == 5
         assert len([r async for r in job.results()]) == 5
         assert (await sdk.get("sdk-local"))["status"] == "completed"
 
@@ -106,7 +108,7 @@ class _Dead:
     alive = False
 
     async def complete(self, request):
-        from shared.errors import EngineDeadError
+        from shared.contracts.errors import EngineDeadError
 
         raise EngineDeadError("the engine is gone")
 

@@ -11,8 +11,8 @@ import sys
 import time
 
 from handler.worker import Worker
-from shared.errors import EngineDeadError
-from shared.models import JobStatus
+from shared.contracts.errors import EngineDeadError
+from shared.contracts.models import JobStatus
 from shared.stores.postgres import PostgresStore
 from tests.conftest import UPSTASH_TOKEN, make_queue
 from tests.integration.test_persistence import counters_match, rows, staggered

@@ -8,9 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import UPSTASH_TOKEN, make_queue
+from tests.fakes import chunk_event, final_event
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _own_store(tmp_path, monkeypatch):
+    """`submit` and `watch` record and read jobs in the store: a fresh SQLite file per test, never the
+    developer's (the default SQLITE_PATH is under ~/.local/share)."""
+    monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "jobs.db"))
+    for var in ("DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY"):
+        monkeypatch.delenv(var, raising=False)
 
 
 def cli(upstash, *args: str) -> subprocess.CompletedProcess:
@@ -45,11 +57,8 @@ async def test_submit_refuses_invalid_input_before_queueing(upstash, redis_serve
 async def test_watch_follows_events_to_the_final_one(upstash, redis_server):
     redis_server.flush()
     q = make_queue(upstash)
-    progress = {"completed": 5, "failed": 1, "total": 6, "percentage": 100, "elapsed_s": 1, "eta_s": 0,
-                "items_per_s": 6, "tokens_per_s": 60}
-    await q.publish("w1", {"type": "chunk", "job_id": "w1", "seq": 1, "results": [], "progress": progress})
-    await q.publish("w1", {"type": "final", "job_id": "w1", "status": "completed", "summary": {"failed": 1}},
-                    final=True)
+    await q.publish("w1", chunk_event("w1", 1, total=6))
+    await q.publish("w1", final_event("w1", total=6, completed=5, failed=1))
     r = cli(upstash, "watch", "w1")
     assert r.returncode == 3 and "w1: completed, 1 failed item(s)" in r.stderr
     await q.close()

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from shared.errors import QueueError
+from shared.contracts.errors import QueueError
 from tests.conftest import make_job, make_queue
+from tests.fakes import chunk_event, sample_events
 
 
 async def test_enqueue_is_idempotent_on_job_id(queue):
@@ -100,11 +101,11 @@ async def test_cancel_removes_a_queued_job_and_flags_a_running_one(queue):
 
 async def test_events_resume_from_the_last_id_seen(queue):
     for i in range(5):
-        await queue.publish("j", {"type": "chunk", "seq": i + 1}, final=i == 4)
+        await queue.publish("j", chunk_event("j", i + 1))
     first = await queue.events("j", count=2)
-    assert [e.data["seq"] for e in first] == [1, 2]
+    assert [e.event.seq for e in first] == [1, 2]
     rest = await queue.events("j", after=first[-1].id)
-    assert [e.data["seq"] for e in rest] == [3, 4, 5]
+    assert [e.event.seq for e in rest] == [3, 4, 5]
     assert await queue.events("j", after=rest[-1].id) == []
 
 
@@ -112,9 +113,9 @@ async def test_events_are_capped(upstash, redis_server):
     redis_server.flush()
     q = make_queue(upstash, events_maxlen=10)
     for i in range(300):
-        await q.publish("capped", {"seq": i})
+        await q.publish("capped", chunk_event("capped", i))
     got = await q.events("capped", count=1000)
-    assert len(got) < 300 and got[-1].data["seq"] == 299
+    assert len(got) < 300 and got[-1].event.seq == 299
     await q.close()
 
 
@@ -130,3 +131,21 @@ async def test_the_adapter_refuses_blocking_commands_like_upstash(queue):
 
     with pytest.raises(UpstashError, match="blocking"):
         await queue._redis.execute(["BLPOP", "x", "1"])
+
+
+async def test_every_event_type_round_trips_through_the_stream(queue, redis_server):
+    import redis
+
+    from shared.contracts.events import FinalEvent
+
+    events = sample_events("rt")
+    ids = [await queue.publish("rt", e) for e in events]
+    got = await queue.events("rt")
+    assert [e.id for e in got] == ids
+    assert [type(e.event) for e in got] == [type(e) for e in events]
+    assert [e.event for e in got] == events
+    with redis.Redis.from_url(redis_server.url) as r:  # only the final event sets the stream's TTL
+        assert r.ttl("llmjobs:events:rt") > 0
+        await queue.publish("open", events[0])
+        assert r.ttl("llmjobs:events:open") == -1
+    assert isinstance(got[-1].event, FinalEvent)

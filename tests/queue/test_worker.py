@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 
 from handler.worker import Worker
-from shared.errors import EngineDeadError
-from shared.models import JobStatus
+from shared.contracts.errors import EngineDeadError
+from shared.contracts.events import ChunkEvent, ErrorEvent, FinalEvent, Outcome
+from shared.contracts.models import JobStatus
 from shared.stores.sqlite import SQLiteStore
 from tests.conftest import make_job
 from tests.fakes import FakeEngine
@@ -28,8 +29,8 @@ async def test_drain_runs_every_job_then_exits(queue, tmp_path):
         rec = await store.get_job(f"j{i}")
         assert (rec.status, rec.completed) == (JobStatus.completed, 7)
         events = await queue.events(f"j{i}")
-        assert events[-1].data["type"] == "final" and events[-1].data["status"] == "completed"
-        assert sum(len(e.data.get("results", [])) for e in events) == 7
+        assert events[-1].event.type == "final" and events[-1].event.status == "completed"
+        assert sum(len(e.event.results) for e in events if isinstance(e.event, ChunkEvent)) == 7
     assert (await queue.stats())["running"] == 0
     await store.close()
 
@@ -47,7 +48,13 @@ async def test_cancel_is_observed_at_the_next_chunk(queue, tmp_path):
     assert stats.cancelled == 1 and len(engine.started) < 50
     rec = await store.get_job("long")
     assert rec.status == JobStatus.cancelled and rec.completed < 50
-    assert (await queue.events("long", count=1000))[-1].data["status"] == "cancelled"
+    events = await queue.events("long", count=1000)
+    assert events[-1].event.status == "cancelled"
+    final = events[-1].event
+    assert isinstance(final, FinalEvent) and final.outcome is Outcome.cancelled
+    assert final.summary.reason == "cancelled" and final.summary.total == 50
+    assert final.summary.completed == rec.completed  # the summary counts what was stored
+    assert [type(e.event) for e in events].count(FinalEvent) == 1
     assert await queue.reserve("w", 5) is None  # acked: not retried
     await store.close()
 
@@ -80,6 +87,11 @@ async def test_an_invalid_job_is_dead_lettered_at_once(queue, tmp_path):
     assert stats.dead_lettered == 1 and stats.failed == 0
     (dead,) = await queue.dead()
     assert dead["attempts"] == "1" and "gpt-9" in dead["last_error"]
+    events = [e.event for e in await queue.events("wrong-model")]
+    assert [type(e) for e in events] == [ErrorEvent, FinalEvent]  # readers learn why, then that it ended
+    assert "gpt-9" in events[0].error and events[0].job_id == "wrong-model"
+    assert events[1].outcome is Outcome.failed and events[1].summary.reason.startswith("invalid job")
+    assert await store.get_job("wrong-model") is None  # nothing ran: nothing recorded
     await store.close()
 
 
@@ -95,6 +107,9 @@ async def test_stop_hands_the_job_back_and_another_worker_resumes_it(queue, tmp_
     stats = await asyncio.wait_for(task, 5)
     assert stats.released == 1
     assert (await store.get_job("handoff")).status == JobStatus.queued
+    handed_back = [e.event for e in await queue.events("handoff", count=1000)]
+    assert handed_back and not any(isinstance(e, FinalEvent) for e in handed_back)  # not over: no final
+    assert (await queue.stats())["running"] == 0 and await queue.waiting() == 1  # back in the queue at once
     stored = await store.done_ids("handoff")
     second_engine = FakeEngine()
     stats = await make_worker(second_engine, queue, store, drain=True, lease_s=60).run()
@@ -102,6 +117,8 @@ async def test_stop_hands_the_job_back_and_another_worker_resumes_it(queue, tmp_
     assert not set(second_engine.started) & set(stored)
     rec = await store.get_job("handoff")
     assert (rec.status, rec.completed) == (JobStatus.completed, 40)
+    finals = [e.event for e in await queue.events("handoff", count=1000) if isinstance(e.event, FinalEvent)]
+    assert [f.outcome for f in finals] == [Outcome.completed]  # the one final, from the run that finished
     await store.close()
 
 
@@ -148,4 +165,5 @@ async def test_a_worker_that_lost_its_lease_stops_and_records_nothing(queue, red
     assert (stats.done, stats.failed, stats.cancelled) == (0, 0, 0)
     rec = await store.get_job("stolen")
     assert rec.status == JobStatus.running and rec.completed < 30  # left as the new owner will find it
+    assert not any(isinstance(e.event, FinalEvent) for e in await queue.events("stolen", count=1000))
     await store.close()

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 
 from handler.runner import run_job
-from shared.errors import StoreUnavailable
-from shared.models import ChunkEvent, FinalEvent, JobStatus
+from shared.contracts.errors import StoreUnavailable
+from shared.contracts.events import ChunkEvent, FinalEvent
+from shared.contracts.models import JobStatus
 from tests.conftest import make_job
 from tests.fakes import FakeEngine
 

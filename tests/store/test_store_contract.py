@@ -3,7 +3,7 @@ adapter -> real Postgres) backends."""
 
 from __future__ import annotations
 
-from shared.models import Job, JobStatus, Result, ResultStatus, Summary, Usage
+from shared.contracts.models import Job, JobStatus, Result, ResultStatus, Summary, Usage
 from tests.conftest import make_job
 
 
@@ -111,3 +111,37 @@ async def test_accept_records_a_queued_job_once_and_never_touches_a_known_one(st
     assert (await store.get_job("acc-1")).status == JobStatus.running
     assert await store.accept(job) is False
     assert (await store.get_job("acc-1")).status == JobStatus.running
+
+
+async def test_list_jobs_newest_first_with_a_limit_and_a_status_filter(store):
+    import asyncio
+
+    assert await store.list_jobs() == []
+    for name in ("lb", "lc", "la", "ld"):  # created in this order; the ids sort otherwise
+        await store.accept(make_job(2, id=name, metadata={"n": name}))
+        await asyncio.sleep(0.01)
+    await store.begin(make_job(2, id="lc", metadata={"n": "lc"}))
+    await store.finish("ld", JobStatus.completed, summary(total=2, completed=2, failed=0))
+    listed = await store.list_jobs()
+    assert [r.id for r in listed] == ["ld", "la", "lc", "lb"]
+    assert [r.id for r in await store.list_jobs(limit=2)] == ["ld", "la"]
+    assert [r.id for r in await store.list_jobs(status=JobStatus.queued)] == ["la", "lb"]
+    assert [r.id for r in await store.list_jobs(status=JobStatus.queued, limit=1)] == ["la"]
+    assert [r.id for r in await store.list_jobs(status=JobStatus.running)] == ["lc"]
+    assert await store.list_jobs(status=JobStatus.failed) == []
+    # the same records get_job gives, summary and metadata included
+    for r in listed:
+        assert r == await store.get_job(r.id)
+    (done,) = await store.list_jobs(status=JobStatus.completed)
+    assert done.summary.completed == 2 and done.metadata == {"n": "ld"}
+
+
+async def test_list_jobs_breaks_ties_by_id(store):
+    # jobs created in the same instant (one statement's clock) still come in a fixed order
+    jobs = [make_job(1, id=f"t{i}") for i in range(3)]
+    for job in jobs:
+        await store.accept(job)
+    listed = [r.id for r in await store.list_jobs()]
+    created = {r.id: r.created_at for r in await store.list_jobs()}
+    assert sorted(listed) == ["t0", "t1", "t2"]
+    assert listed == sorted(listed, key=lambda i: (created[i], i), reverse=True)

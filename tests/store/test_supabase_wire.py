@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import StoreError, StoreUnavailable
-from shared.models import Result, ResultStatus
+from shared.contracts.errors import StoreError, StoreUnavailable
+from shared.contracts.models import Result, ResultStatus
 from shared.stores.base import RESULT_COLUMNS
 from shared.stores.supabase import SupabaseStore
+from testkit.postgrest import PostgrestTransport
 from tests.conftest import SERVICE_KEY, make_job
-from tests.support.postgrest import PostgrestTransport
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ async def test_a_chunk_is_one_merge_upsert_with_every_column(sb, postgrest):
 
 
 async def test_finish_is_a_patch_on_the_job_row(sb, postgrest):
-    from shared.models import JobStatus, Summary
+    from shared.contracts.models import JobStatus, Summary
 
     job = make_job(1)
     await sb.begin(job)

@@ -7,10 +7,10 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from shared.errors import ErrorCode, InputError, ItemFailure
-from shared.inputs import parse_job_text
-from shared.models import Item, Job, ResponseFormat, Sampling
-from shared.prepare import Limits, RequestBuilder, check_output
+from shared.contracts.errors import ErrorCode, InputError, ItemFailure
+from shared.contracts.inputs import parse_job_text
+from shared.contracts.models import Item, Job, ResponseFormat, Sampling
+from shared.contracts.prepare import Limits, RequestBuilder, check_output
 
 SERVED = frozenset({"SmolLM2-135M-Instruct"})
 SCHEMA = {"type": "object", "properties": {"nota": {"type": "integer", "minimum": 0, "maximum": 5},

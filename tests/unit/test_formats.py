@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from shared.models import Result, ResultStatus, Usage
-from shared.openai_batch import from_openai, to_openai
-from shared.output import ResultWriter
+from shared.cli.output import ResultWriter
+from shared.contracts.models import Result, ResultStatus, Usage
+from shared.contracts.openai_batch import from_openai, to_openai
 
 OK = Result(custom_id="a", status=ResultStatus.ok, text="Paris", finish_reason="stop",
             usage=Usage(prompt_tokens=7, completion_tokens=2, total_tokens=9), latency_ms=12.5)

@@ -10,9 +10,11 @@ class Block:
         if name.split('.')[0] in {'vllm', 'torch', 'transformers'}:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-import shared, shared.cli, shared.inputs, shared.prepare, shared.openai_batch, shared.output, shared.settings
+import shared, shared.cli, shared.cli.output
+import shared.contracts.inputs, shared.contracts.prepare, shared.contracts.openai_batch, shared.contracts.settings
 import shared.stores.sqlite, shared.stores.postgres, shared.stores.supabase
-import shared.compat, shared.runpod_harness, shared.cli.serve, handler.service, handler.platforms.runpod
+import shared.contracts.compat, handler.platforms.runpod_harness, shared.cli.serve
+import handler.service, handler.platforms.runpod
 import handler.platforms.modal, handler.health, handler.engine.bake
 import handler.runner, handler.progress
 assert not {'vllm', 'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)

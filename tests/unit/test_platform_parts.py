@@ -10,9 +10,9 @@ import pytest
 
 from handler.engine.bake import MARKER, baked_model
 from handler.health import HealthBeat, healthy
-from shared.compat import from_worker_vllm, is_worker_vllm
-from shared.errors import InputError
-from shared.settings import Settings
+from shared.contracts.compat import from_worker_vllm, is_worker_vllm
+from shared.contracts.errors import InputError
+from shared.contracts.settings import Settings
 
 
 def test_baked_model_is_found_only_for_the_model_it_holds(tmp_path):
@@ -67,15 +67,19 @@ def test_worker_vllm_input_becomes_a_one_item_job():
 
 
 async def test_memory_events_resume_by_id_and_forget_the_oldest_jobs():
-    from shared.api.events import MemoryEvents
+    from shared.contracts.events import ChunkEvent, FinalEvent, Outcome
+    from shared.contracts.models import Progress, Summary
+    from shared.server.events import MemoryEvents
 
+    progress = Progress(completed=0, failed=0, total=3, percentage=0, elapsed_s=0, eta_s=None, items_per_s=0,
+                        tokens_per_s=0)
     events = MemoryEvents(keep_jobs=2)
     for i in range(3):
-        events.publish("a", {"type": "chunk", "seq": i})
+        events.publish("a", ChunkEvent(job_id="a", seq=i, results=[], progress=progress))
     assert [e.id for e in await events.after("a", None)] == ["1", "2", "3"]
-    assert [e.data["seq"] for e in await events.after("a", "2")] == [2]
+    assert [e.event.seq for e in await events.after("a", "2")] == [2]
     assert await events.after("a", "3") == []
-    events.publish("b", {"type": "final"})
-    events.publish("c", {"type": "final"})
+    events.publish("b", FinalEvent(job_id="b", outcome=Outcome.completed, summary=Summary.empty(0)))
+    events.publish("c", FinalEvent(job_id="c", outcome=Outcome.completed, summary=Summary.empty(0)))
     assert await events.after("a", None) == []  # forgotten: the store still answers for it
     assert len(await events.after("c", None)) == 1

@@ -9,10 +9,11 @@ import time
 import pytest
 
 from handler.progress import ProgressTracker
-from handler.runner import run_job
-from shared.errors import ErrorCode
-from shared.inputs import parse_job_text
-from shared.models import ChunkEvent, FinalEvent, JobStatus, Result, ResultStatus, Usage
+from handler.runner import StopSignal, run_job
+from shared.contracts.errors import ErrorCode
+from shared.contracts.events import ChunkEvent, FinalEvent, Outcome
+from shared.contracts.inputs import parse_job_text
+from shared.contracts.models import JobStatus, Result, ResultStatus, Usage
 from tests.conftest import make_job
 from tests.fakes import FakeEngine
 
@@ -168,12 +169,40 @@ def test_progress_eta_unknown_before_any_result():
 
 async def test_stop_aborts_in_flight_work_keeps_what_is_in_and_ends_queued():
     engine = FakeEngine(capacity=4, delay=lambda r: 0.01 if r.custom_id in ("c0", "c1", "c2") else 30)
-    stop = asyncio.Event()
+    stop = StopSignal()
     asyncio.get_running_loop().call_later(0.3, stop.set)  # c0-c2 are done; c3... are in flight
     started = time.monotonic()
     events = await collect(run_job(make_job(20), engine, chunk_size=10, chunk_interval_s=60, stop=stop))
     assert time.monotonic() - started < 5  # did not wait for the chunk, the interval or the slow items
     chunks, final = split(events)
-    assert final.status == JobStatus.queued and "re-run resumes" in final.summary.reason
+    assert final.outcome is Outcome.stopped and final.status == JobStatus.queued
+    assert "re-run resumes" in final.summary.reason
     assert {r.custom_id for c in chunks for r in c.results} == {"c0", "c1", "c2"}
     assert engine.in_flight == 0 and len(engine.cancelled) >= 1
+
+
+async def test_each_request_is_built_once_per_process(monkeypatch):
+    from shared.contracts.prepare import RequestBuilder
+
+    built: list[str] = []
+    original = RequestBuilder.build
+
+    def counting(self, item):
+        built.append(item.custom_id)
+        return original(self, item)
+
+    monkeypatch.setattr(RequestBuilder, "build", counting)
+    text = "\n".join(json.dumps({"custom_id": f"r{i}", "fields": {"n": i}}) for i in range(5))
+    engine = FakeEngine()
+    job = parse_job_text(text, options={"template": "Say {{ n }}"}, served_models=engine.served_models)
+    assert sorted(built) == [f"r{i}" for i in range(5)]  # validation built each one
+    _, final = split(await collect(run_job(job, engine)))
+    assert final.outcome is Outcome.completed and sorted(built) == [f"r{i}" for i in range(5)]  # reused
+
+    # a job read back from its wire form (another process) is built once there, by the runner
+    built.clear()
+    from shared.contracts.models import Job
+
+    again = Job.model_validate(job.wire())
+    _, final = split(await collect(run_job(again, engine)))
+    assert final.outcome is Outcome.completed and sorted(built) == [f"r{i}" for i in range(5)]

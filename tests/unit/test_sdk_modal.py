@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from handler.platforms.modal import run_to_end, stream_events
 from handler.service import JobService
 from shared import AsyncClient
-from shared.settings import Settings
+from shared.contracts.settings import Settings
 from shared.stores.sqlite import SQLiteStore
 from tests.fakes import FakeEngine
 
@@ -49,12 +49,12 @@ async def test_spawned_and_live_jobs(tmp_path):
         job = await sdk.submit(ITEMS, id="spawned", model="fake-model", chunk_size=2)
         assert job.submitted["call_id"] == "fc-spawned"
         events = [e async for e in job.stream()]
-        assert [e["type"] for e in events] == ["final"] and events[0]["status"] == "completed"
+        assert [e.type for e in events] == ["final"] and events[0].status == "completed"
         assert [r.custom_id async for r in job.results()] == [f"m{i}" for i in range(5)]
 
     async with AsyncClient("modal", settings=settings, cls=deployed(service), store=store, live=True) as sdk:
         job = await sdk.submit(ITEMS, id="live", model="fake-model", chunk_size=2)
         events = [e async for e in job.stream()]
-        assert [e["type"] for e in events] == ["chunk", "chunk", "chunk", "final"]
-        assert (await job.wait())["status"] == "completed"
+        assert [e.type for e in events] == ["chunk", "chunk", "chunk", "final"]
+        assert (await job.wait()).status == "completed"
         assert (await sdk.get("live"))["completed"] == 5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shared.settings import Settings
+from shared.contracts.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

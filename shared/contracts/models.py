@@ -1,0 +1,295 @@
+"""The job contract: what goes in (Job, Item) and what comes out (Result, events).
+
+Everything here is plain pydantic: no engine, no I/O (docs/architecture.md, "Contracts").
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from shared.contracts.errors import ErrorCode
+
+#: a job id: also the idempotency key, a queue key and a URL segment
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+def percentage(done: int, total: int) -> float:
+    """Share of a job's items that have a result, 0..100 with two decimals.
+
+    A job with no items has nothing left to do: 100.
+    """
+    return round(100.0 * done / total, 2) if total else 100.0
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex[:20]}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ## Input
+
+
+class Sampling(_Strict):
+    """Sampling options; unset fields fall back to the job's, then to the defaults."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: list[str] | None = Field(default=None, max_length=16)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    def over(self, base: Sampling) -> Sampling:
+        """These options, with unset fields taken from `base`."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class JsonSchemaFormat(_Strict):
+    name: str = "output"
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's `response_format`."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_matches_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object with a 'schema'")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"'json_schema' is only allowed with type 'json_schema', not '{self.type}'")
+        return self
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+OPENAI_URLS = ("/v1/chat/completions", "/v1/completions")
+
+
+class Item(_Strict):
+    """One unit of work: exactly one of `prompt`, `messages`, `fields` or `body`.
+
+    A line of an OpenAI Batch file (`custom_id`, `method`, `url`, `body`) is also an Item.
+    """
+
+    custom_id: str = Field(min_length=1, max_length=256)
+    prompt: str | None = None
+    messages: list[Message] | None = Field(default=None, min_length=1)
+    fields: dict[str, Any] | None = None
+    body: dict[str, Any] | None = None
+    method: Literal["POST"] | None = None
+    url: Literal["/v1/chat/completions", "/v1/completions"] | None = None
+    sampling: Sampling | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_input(self) -> Item:
+        given = [k for k in ("prompt", "messages", "fields", "body") if getattr(self, k) is not None]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(f"needs exactly one of prompt, messages, fields or body (found: {found})")
+        if self.body is None and (self.url or self.method):
+            raise ValueError("'method' and 'url' belong to OpenAI Batch lines, which need a 'body'")
+        return self
+
+
+class JobStatus(StrEnum):
+    #: accepted, not started
+    queued = "queued"
+    #: a runner is working on it
+    running = "running"
+    #: every item has a result (some may be errors)
+    completed = "completed"
+    #: the job could not finish: engine death, store outage or invalid job input
+    failed = "failed"
+    #: stopped on request; stored results stay
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """The job has ended: nothing runs it any more (a re-submit with its id may run it again)."""
+        return self in (JobStatus.completed, JobStatus.failed, JobStatus.cancelled)
+
+
+class Rejection(_Strict):
+    """An item refused at validation time; it becomes an error result, never lost."""
+
+    custom_id: str
+    index: int
+    line: int | None = None
+    field: str = ""
+    code: ErrorCode = ErrorCode.invalid_item
+    message: str
+
+    def where(self) -> str:
+        place = f"line {self.line}" if self.line is not None else f"item {self.index}"
+        return f"{place}, field '{self.field}'" if self.field else place
+
+    def describe(self) -> str:
+        return f"{self.where()}: {self.message}"
+
+
+class JobOptions(_Strict):
+    """Everything about a job except its items."""
+
+    id: str = Field(default_factory=new_job_id, pattern=ID_PATTERN)
+    model: str | None = None
+    template: str | None = Field(default=None, max_length=100_000)
+    system: str | None = None
+    sampling: Sampling = Field(default_factory=Sampling)
+    response_format: ResponseFormat | None = None
+    chunk_size: int | None = Field(default=None, ge=1, le=10_000)
+    chunk_interval_s: float | None = Field(default=None, gt=0, le=3600)
+    #: the result format a reader gets by default: OpenAI in, OpenAI out
+    result_format: Literal["ours", "openai"] = "ours"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Job(JobOptions):
+    """The one wire format: what the queue, RunPod and Modal carry, with the items refused at the edge."""
+
+    items: list[Item] = Field(default_factory=list)
+    rejected: list[Rejection] = Field(default_factory=list)
+    #: (RequestBuilder, {custom_id: Request}) from validation in this process; never serialized
+    _prepared: Any = PrivateAttr(default=None)
+
+    @property
+    def prepared(self) -> Any:
+        return self._prepared
+
+    def keep_prepared(self, builder: Any, requests: dict[str, Any]) -> None:
+        self._prepared = (builder, requests)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON document every transport carries (`Job.model_validate` reads it back)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @property
+    def total(self) -> int:
+        return len(self.items) + len(self.rejected)
+
+
+# ## Output
+
+
+class ResultStatus(StrEnum):
+    ok = "ok"
+    error = "error"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ItemError(BaseModel):
+    code: str
+    message: str
+
+
+class Result(BaseModel):
+    custom_id: str
+    status: ResultStatus
+    text: str | None = None
+    parsed: Any = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    latency_ms: float | None = None
+    error: ItemError | None = None
+
+    @classmethod
+    def failure(cls, custom_id: str, code: str, message: str, **kw: Any) -> Result:
+        return cls(custom_id=custom_id, status=ResultStatus.error, error=ItemError(code=code, message=message), **kw)
+
+
+class Progress(BaseModel):
+    #: items that succeeded, including ones done by an earlier run
+    completed: int
+    #: items that ended in an error result
+    failed: int
+    total: int
+    percentage: float
+    elapsed_s: float
+    eta_s: float | None
+    items_per_s: float
+    tokens_per_s: float
+    #: items found already stored when this run started (resume)
+    skipped: int = 0
+
+
+class Summary(BaseModel):
+    total: int
+    completed: int
+    failed: int
+    skipped: int = 0
+    elapsed_s: float
+    items_per_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_per_s: float
+    error_codes: dict[str, int] = Field(default_factory=dict)
+    #: why the job failed or was cancelled
+    reason: str | None = None
+
+    @classmethod
+    def empty(cls, total: int, reason: str | None = None) -> Summary:
+        """For a job that ended before running anything."""
+        return cls(total=total, completed=0, failed=0, elapsed_s=0, items_per_s=0, prompt_tokens=0,
+                   completion_tokens=0, tokens_per_s=0, reason=reason)
+
+
+class JobRecord(BaseModel):
+    """A job as the store keeps it: status and counters, no items."""
+
+    id: str
+    status: JobStatus
+    model: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+    error: str | None = None
+    summary: Summary | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def percentage(self) -> float:
+        return percentage(self.completed + self.failed, self.total)

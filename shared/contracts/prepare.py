@@ -1,0 +1,253 @@
+"""Turn a job's items into engine requests: render templates, resolve sampling, check limits.
+
+Validation at the edge builds every item's request, so every error is reported before any
+engine work. The requests it built ride along with the Job in memory (`prepared`), so a runner
+in the same process builds each request once; a job read from a queue or a platform's input is
+built once by the process that runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import ValidationError
+
+from shared.contracts.errors import ErrorCode, InputError, Issue, ItemFailure
+from shared.contracts.models import Item, Job, JobOptions, Message, ResponseFormat, Sampling
+from shared.contracts.settings import DEFAULTS, Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_items: int = DEFAULTS.max_items_per_job
+    max_prompt_chars: int = DEFAULTS.max_prompt_chars
+    default_max_tokens: int = DEFAULTS.default_max_tokens
+    max_tokens_cap: int = DEFAULTS.max_tokens_cap
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Limits:
+        return cls(s.max_items_per_job, s.max_prompt_chars, s.default_max_tokens, s.max_tokens_cap)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the engine runs for one item. Exactly one of `messages` (chat) or `prompt` (raw)."""
+
+    custom_id: str
+    messages: tuple[dict[str, str], ...] | None
+    prompt: str | None
+    sampling: Sampling
+    #: the JSON schema the output must match, or {} for any JSON object
+    schema: dict[str, Any] | None = None
+    validator: Draft202012Validator | None = None
+
+
+# OpenAI body keys we honour, and the harmless ones we accept and ignore.
+_SAMPLING_KEYS = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
+_IGNORED_KEYS = {"user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"}
+_CHAT_KEYS = {"model", "messages", "max_tokens", "max_completion_tokens", "response_format", "n", "stream",
+              "logprobs", *_SAMPLING_KEYS, *_IGNORED_KEYS}
+_COMPLETION_KEYS = {"model", "prompt", "max_tokens", "n", "stream", "echo", "logprobs", *_SAMPLING_KEYS,
+                    *_IGNORED_KEYS}
+
+_JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+@lru_cache(maxsize=64)
+def _validator_for(schema_json: str) -> Draft202012Validator:
+    schema = json.loads(schema_json)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def _schema_of(fmt: ResponseFormat | None) -> tuple[dict[str, Any] | None, Draft202012Validator | None]:
+    """(schema, validator) for a response_format; raises SchemaError for a bad schema."""
+    if fmt is None or fmt.type == "text":
+        return None, None
+    schema = fmt.json_schema.schema_ if fmt.json_schema else {"type": "object"}
+    return (schema if fmt.type == "json_schema" else {}), _validator_for(json.dumps(schema, sort_keys=True))
+
+
+class RequestBuilder:
+    """Builds requests for one job; job-level problems raise InputError from the constructor."""
+
+    def __init__(self, job: JobOptions, limits: Limits, served_models: frozenset[str] = frozenset(),
+                 *, any_model: bool = False):
+        self.job = job
+        self.limits = limits
+        self.served_models = served_models
+        #: map every line to the served model, whatever `body.model` says (`--model`)
+        self.any_model = any_model
+        issues: list[Issue] = []
+        self.template: jinja2.Template | None = None
+        if job.template is not None:
+            try:
+                self.template = _JINJA.from_string(job.template)
+            except jinja2.TemplateSyntaxError as e:
+                issues.append(Issue(f"template syntax error on template line {e.lineno}: {e.message}",
+                                    field="template"))
+        try:
+            self.schema, self.validator = _schema_of(job.response_format)
+        except SchemaError as e:
+            issues.append(Issue(f"not a valid JSON schema: {e.message}", field="response_format.json_schema.schema"))
+        if (job.sampling.max_tokens or 0) > limits.max_tokens_cap:
+            issues.append(Issue(f"{job.sampling.max_tokens} is over the cap of {limits.max_tokens_cap}",
+                                field="sampling.max_tokens"))
+        if job.model and served_models and not any_model and job.model not in served_models:
+            issues.append(Issue(f"model '{job.model}' is not served here (serving: {sorted(served_models)})",
+                                field="model", code=ErrorCode.model_not_found))
+        if issues:
+            raise InputError(issues)
+        self.base = Sampling(temperature=1.0, top_p=1.0, max_tokens=limits.default_max_tokens).model_copy(
+            update=job.sampling.model_dump(exclude_none=True))
+
+    def same_checks(self, limits: Limits, served_models: frozenset[str], any_model: bool) -> bool:
+        """Would a builder made with these arguments build the same requests?"""
+        return (self.limits, self.served_models, self.any_model) == (limits, served_models, any_model)
+
+    # ## One item
+
+    def build(self, item: Item) -> Request:
+        if item.body is not None:
+            return self._from_body(item)
+        sampling = self._sampling(item.sampling, "sampling")
+        if item.prompt is not None:
+            messages = self._with_system([{"role": "user", "content": item.prompt}])
+        elif item.messages is not None:
+            messages = self._with_system([{"role": m.role, "content": m.text()} for m in item.messages])
+        else:
+            messages = self._with_system([{"role": "user", "content": self._render(item)}])
+        self._check_length(messages, "prompt" if item.prompt is not None else "messages")
+        return Request(item.custom_id, tuple(messages), None, sampling, self.schema, self.validator)
+
+    def _render(self, item: Item) -> str:
+        if self.template is None:
+            raise ItemFailure(ErrorCode.invalid_item, "the item has 'fields' but the job has no 'template'",
+                              field="fields")
+        try:
+            return self.template.render(**(item.fields or {}), item={"custom_id": item.custom_id,
+                                                                      "fields": item.fields})
+        except jinja2.UndefinedError as e:
+            raise ItemFailure(ErrorCode.invalid_item, f"template needs a value the item lacks: {e.message}",
+                              field="fields") from e
+        except jinja2.TemplateError as e:
+            raise ItemFailure(ErrorCode.invalid_item, f"template failed: {e}", field="fields") from e
+
+    def _with_system(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        if self.job.system and messages[0]["role"] != "system":
+            return [{"role": "system", "content": self.job.system}, *messages]
+        return messages
+
+    def _check_length(self, messages: list[dict[str, str]] | str, field: str) -> None:
+        n = len(messages) if isinstance(messages, str) else sum(len(m["content"]) for m in messages)
+        if n > self.limits.max_prompt_chars:
+            raise ItemFailure(ErrorCode.invalid_item,
+                              f"{n} characters is over the limit of {self.limits.max_prompt_chars}", field=field)
+
+    def _sampling(self, override: Sampling | None, field: str) -> Sampling:
+        s = override.over(self.base) if override else self.base
+        if s.max_tokens > self.limits.max_tokens_cap:
+            raise ItemFailure(ErrorCode.invalid_item,
+                              f"{s.max_tokens} is over the cap of {self.limits.max_tokens_cap}",
+                              field=f"{field}.max_tokens")
+        return s
+
+    # ## OpenAI Batch bodies
+
+    def _from_body(self, item: Item) -> Request:
+        body = item.body or {}
+        chat = (item.url or "/v1/chat/completions") == "/v1/chat/completions"
+        allowed = _CHAT_KEYS if chat else _COMPLETION_KEYS
+        for key in body:
+            if key not in allowed:
+                raise ItemFailure(ErrorCode.invalid_item, f"not supported for {item.url or 'chat'} lines",
+                                  field=f"body.{key}")
+        model = body.get("model")
+        if not self.any_model and self.served_models and model not in self.served_models:
+            raise ItemFailure(ErrorCode.model_not_found,
+                              f"The model '{model}' does not exist here (serving: {sorted(self.served_models)}); "
+                              "pass --model to map every line to the served model", field="body.model")
+        if body.get("n", 1) != 1:
+            raise ItemFailure(ErrorCode.invalid_item, "only n=1 is supported", field="body.n")
+        for flag in ("stream", "echo", "logprobs"):
+            if body.get(flag):
+                raise ItemFailure(ErrorCode.invalid_item, "is not supported in batch jobs", field=f"body.{flag}")
+        params = {k: body[k] for k in _SAMPLING_KEYS if body.get(k) is not None}
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if max_tokens is not None:
+            params["max_tokens"] = max_tokens
+        try:
+            override = Sampling.model_validate(params)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ItemFailure(ErrorCode.invalid_item, err["msg"],
+                              field="body." + ".".join(str(p) for p in err["loc"])) from e
+        sampling = self._sampling(override, "body")
+        if chat:
+            return self._chat_body(item, body, sampling)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise ItemFailure(ErrorCode.invalid_item, "must be a string (or a list of one string)",
+                              field="body.prompt")
+        self._check_length(prompt, "body.prompt")
+        return Request(item.custom_id, None, prompt, sampling)
+
+    def _chat_body(self, item: Item, body: dict[str, Any], sampling: Sampling) -> Request:
+        try:
+            messages = [Message.model_validate(m) for m in body.get("messages") or []]
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ItemFailure(ErrorCode.invalid_item, err["msg"],
+                              field="body.messages." + ".".join(str(p) for p in err["loc"])) from e
+        if not messages:
+            raise ItemFailure(ErrorCode.invalid_item, "must be a non-empty list", field="body.messages")
+        schema, validator = self.schema, self.validator
+        if body.get("response_format") is not None:
+            try:
+                schema, validator = _schema_of(ResponseFormat.model_validate(body["response_format"]))
+            except ValidationError as e:
+                raise ItemFailure(ErrorCode.invalid_item, e.errors()[0]["msg"],
+                                  field="body.response_format") from e
+            except SchemaError as e:
+                raise ItemFailure(ErrorCode.invalid_item, f"not a valid JSON schema: {e.message}",
+                                  field="body.response_format.json_schema.schema") from e
+        plain = [{"role": m.role, "content": m.text()} for m in messages]
+        self._check_length(plain, "body.messages")
+        return Request(item.custom_id, tuple(plain), None, sampling, schema, validator)
+
+
+def builder_for(job: Job, limits: Limits, served_models: frozenset[str], *, any_model: bool = False
+             ) -> tuple[RequestBuilder, dict[str, Request]]:
+    """The job's builder and the requests validation already built, when built with the same checks;
+    else a new builder (InputError for job-level problems) and no requests."""
+    if job.prepared is not None:
+        builder, requests = job.prepared
+        if builder.same_checks(limits, served_models, any_model):
+            return builder, dict(requests)
+    return RequestBuilder(job, limits, served_models, any_model=any_model), {}
+
+
+def check_output(request: Request, text: str) -> Any:
+    """The parsed output for a JSON request; raises ItemFailure(invalid_output)."""
+    if request.validator is None:
+        return None
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ItemFailure(ErrorCode.invalid_output, f"output is not valid JSON: {e}", text=text) from e
+    errors = sorted(request.validator.iter_errors(parsed), key=lambda err: list(err.path))
+    if errors:
+        err = errors[0]
+        where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+        raise ItemFailure(ErrorCode.invalid_output, f"output does not match the schema at {where}: {err.message}",
+                          text=text)
+    return parsed

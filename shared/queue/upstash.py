@@ -1,0 +1,355 @@
+"""A reliable job queue on Upstash Redis, over REST (no blocking commands).
+
+Keys, under `QUEUE_PREFIX`:
+    q:high, q:default   lists of job ids (LPUSH in, RPOP out: FIFO; high drains first)
+    job:<id>            the job document (TTL JOB_TTL_S; its existence makes enqueue idempotent)
+    meta:<id>           hash: priority, attempts, state, worker, last_error
+    processing          zset: id -> lease deadline (ms, Redis server time)
+    delayed             zset: id -> when a retry may run (ms)
+    dead                list of ids that used up MAX_ATTEMPTS (meta keeps the last error)
+    cancel:<id>         a flag a running worker checks at every chunk
+    events:<id>         a capped stream of the job's events (XADD MAXLEN ~), TTL after the end
+
+Every state change is one Lua script, so it is atomic, and uses Redis' clock, so workers'
+clocks do not matter. Every call is bounded by QUEUE_TIMEOUT_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from upstash_redis.asyncio import Redis
+from upstash_redis.errors import UpstashError
+
+from shared.contracts.errors import QueueError, QueueUnavailable
+from shared.contracts.events import Event, FinalEvent, parse_event
+from shared.contracts.models import Job
+from shared.contracts.settings import DEFAULTS, Settings
+
+Priority = Literal["high", "default"]
+PRIORITIES: tuple[Priority, ...] = ("high", "default")
+
+_NOW = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+
+_ENQUEUE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('HSET', KEYS[2], 'priority', ARGV[4], 'attempts', 0, 'state', 'queued')
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('DEL', KEYS[4])
+  redis.call('LPUSH', KEYS[3], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: processing, delayed, q:high, q:default   ARGV: prefix, worker, lease_ms
+_RESERVE = _NOW + """
+local p = ARGV[1]
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('RPUSH', p .. 'q:' .. (redis.call('HGET', p .. 'meta:' .. id, 'priority') or 'default'), id)
+end
+for i = 3, #KEYS do
+  local id = redis.call('RPOP', KEYS[i])
+  while id do
+    if redis.call('EXISTS', p .. 'cancel:' .. id) == 0 and redis.call('EXISTS', p .. 'job:' .. id) == 1 then
+      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), id)
+      local attempts = redis.call('HINCRBY', p .. 'meta:' .. id, 'attempts', 1)
+      redis.call('HSET', p .. 'meta:' .. id, 'worker', ARGV[2], 'state', 'running')
+      return {id, redis.call('GET', p .. 'job:' .. id), attempts}
+    end
+    id = redis.call('RPOP', KEYS[i])
+  end
+end
+return false
+"""
+
+# KEYS: processing, meta   ARGV: id, worker, lease_ms
+_EXTEND = _NOW + """
+if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] or not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+# KEYS: processing, meta   ARGV: id, worker
+_ACK = """
+if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] or redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'state', 'done')
+return 1
+"""
+
+# KEYS: processing, meta, delayed, dead
+# ARGV: id, worker, error, max_attempts, base_ms, max_ms, release, prefix, dead_now
+# returns 0: not ours; 1: will retry (or released); 2: dead-lettered
+_NACK = _NOW + """
+if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] or redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+if ARGV[7] == '1' then
+  redis.call('HINCRBY', KEYS[2], 'attempts', -1)
+  redis.call('HSET', KEYS[2], 'state', 'queued')
+  redis.call('RPUSH', ARGV[8] .. 'q:' .. (redis.call('HGET', KEYS[2], 'priority') or 'default'), ARGV[1])
+  return 1
+end
+local attempts = tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0')
+redis.call('HSET', KEYS[2], 'last_error', ARGV[3])
+if attempts >= tonumber(ARGV[4]) or ARGV[9] == '1' then
+  redis.call('HSET', KEYS[2], 'state', 'dead')
+  redis.call('LPUSH', KEYS[4], ARGV[1])
+  return 2
+end
+local backoff = math.min(tonumber(ARGV[6]), tonumber(ARGV[5]) * 2 ^ (attempts - 1))
+redis.call('HSET', KEYS[2], 'state', 'retrying')
+redis.call('ZADD', KEYS[3], now + backoff, ARGV[1])
+return 1
+"""
+
+# KEYS: processing, dead   ARGV: prefix, max_attempts   returns {requeued, dead}
+_REAP = _NOW + """
+local requeued, dead = 0, 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)) do
+  redis.call('ZREM', KEYS[1], id)
+  local meta = ARGV[1] .. 'meta:' .. id
+  local attempts = tonumber(redis.call('HGET', meta, 'attempts') or '0')
+  if attempts >= tonumber(ARGV[2]) then
+    redis.call('HSET', meta, 'state', 'dead', 'last_error', 'lease expired on attempt ' .. attempts)
+    redis.call('LPUSH', KEYS[2], id)
+    dead = dead + 1
+  else
+    redis.call('HSET', meta, 'state', 'queued', 'worker', '')
+    redis.call('RPUSH', ARGV[1] .. 'q:' .. (redis.call('HGET', meta, 'priority') or 'default'), id)
+    requeued = requeued + 1
+  end
+end
+return {requeued, dead}
+"""
+
+# KEYS: cancel, meta, q:high, q:default, delayed   ARGV: id, ttl
+_CANCEL = """
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
+local removed = redis.call('LREM', KEYS[3], 0, ARGV[1]) + redis.call('LREM', KEYS[4], 0, ARGV[1])
+  + redis.call('ZREM', KEYS[5], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'state', 'cancelled') end
+return removed
+"""
+
+# KEYS: dead, meta, queue   ARGV: id
+_REQUEUE = """
+if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'attempts', 0, 'state', 'queued', 'last_error', '')
+redis.call('RPUSH', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS: q:high, q:default, processing, delayed, dead
+_STATS = """
+return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), redis.call('ZCARD', KEYS[3]),
+        redis.call('ZCARD', KEYS[4]), redis.call('LLEN', KEYS[5])}
+"""
+_LIST = """
+return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('LRANGE', KEYS[2], 0, -1),
+        redis.call('ZRANGE', KEYS[3], 0, -1), redis.call('ZRANGE', KEYS[4], 0, -1)}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    job: Job
+    worker_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedEvent:
+    #: the stream's id: pass it as `after` to resume
+    id: str
+    event: Event
+
+
+class JobQueue:
+    def __init__(self, redis: Redis, *, prefix: str = DEFAULTS.queue_prefix,
+                 timeout_s: float = DEFAULTS.queue_timeout_s, job_ttl_s: int = DEFAULTS.job_ttl_s,
+                 max_attempts: int = DEFAULTS.max_attempts,
+                 retry_backoff_s: float = DEFAULTS.retry_backoff_s,
+                 retry_backoff_max_s: float = DEFAULTS.retry_backoff_max_s, events_maxlen: int = DEFAULTS.events_maxlen,
+                 events_ttl_s: int = DEFAULTS.events_ttl_s):
+        self._redis = redis
+        self.p = prefix.rstrip(":") + ":"
+        self.timeout_s = timeout_s
+        self.job_ttl_s = job_ttl_s
+        self.max_attempts = max_attempts
+        self.retry_backoff_ms = int(retry_backoff_s * 1000)
+        self.retry_backoff_max_ms = int(retry_backoff_max_s * 1000)
+        self.events_maxlen = events_maxlen
+        self.events_ttl_s = events_ttl_s
+
+    @classmethod
+    def connect(cls, url: str, token: str, **kw: Any) -> JobQueue:
+        """A queue over Upstash's REST API. A trailing slash on the URL would break /pipeline: strip it."""
+        redis = Redis(url=url.rstrip("/"), token=token, rest_retries=0, allow_telemetry=False)
+        return cls(redis, **kw)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> JobQueue:
+        if not (s.upstash_redis_rest_url and s.upstash_redis_rest_token):
+            raise QueueError("the queue needs UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN")
+        return cls.connect(s.upstash_redis_rest_url, s.upstash_redis_rest_token.get_secret_value(),
+                           prefix=s.queue_prefix, timeout_s=s.queue_timeout_s, job_ttl_s=s.job_ttl_s,
+                           max_attempts=s.max_attempts, retry_backoff_s=s.retry_backoff_s,
+                           retry_backoff_max_s=s.retry_backoff_max_s, events_maxlen=s.events_maxlen,
+                           events_ttl_s=s.events_ttl_s)
+
+    async def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await fn(*args, **kw)
+        except TimeoutError as e:
+            raise QueueUnavailable(f"queue {what}: no answer in {self.timeout_s:g} s") from e
+        except UpstashError as e:
+            if "WRONGPASS" in str(e) or "nauthorized" in str(e):
+                raise QueueError(f"queue {what}: unauthorized: check UPSTASH_REDIS_REST_TOKEN") from e
+            raise QueueError(f"queue {what}: {e}") from e
+        except Exception as e:  # httpx transport errors, an answer that is not JSON
+            raise QueueUnavailable(f"queue {what}: {type(e).__name__}: {e}") from e
+
+    def _eval(self, what: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        return self._call(what, self._redis.eval, script, keys, [str(a) for a in args])
+
+    def _k(self, *parts: str) -> str:
+        return self.p + ":".join(parts)
+
+    # ## Producing
+
+    async def enqueue(self, job: Job, priority: Priority = "default") -> bool:
+        """Queue a job; False if a job with this id is already known (enqueue is idempotent)."""
+        doc = json.dumps(job.wire())
+        added = await self._eval("enqueue", _ENQUEUE, [self._k("job", job.id), self._k("meta", job.id),
+                                 self._k("q", priority), self._k("cancel", job.id)],
+                                 [doc, self.job_ttl_s, job.id, priority])
+        return bool(added)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel: a queued job never runs; a running one stops at its next chunk. True if it was waiting."""
+        removed = await self._eval("cancel", _CANCEL, [self._k("cancel", job_id), self._k("meta", job_id),
+                                   self._k("q", "high"), self._k("q", "default"), self._k("delayed")],
+                                   [job_id, self.job_ttl_s])
+        return bool(removed)
+
+    # ## Consuming
+
+    async def reserve(self, worker_id: str, lease_s: float) -> Lease | None:
+        """Take the next job (high first) with a lease; None when nothing is ready. Never blocks."""
+        got = await self._eval("reserve", _RESERVE, [self._k("processing"), self._k("delayed"),
+                               self._k("q", "high"), self._k("q", "default")],
+                               [self.p, worker_id, int(lease_s * 1000)])
+        if not got:
+            return None
+        _, doc, attempt = got
+        return Lease(Job.model_validate_json(doc), worker_id, int(attempt))
+
+    async def extend(self, lease: Lease, lease_s: float) -> bool:
+        """Heartbeat. False if the lease was lost (expired and reaped): stop working on the job."""
+        ok = await self._eval("extend", _EXTEND, [self._k("processing"), self._k("meta", lease.job.id)],
+                              [lease.job.id, lease.worker_id, int(lease_s * 1000)])
+        return bool(ok)
+
+    async def ack(self, lease: Lease) -> bool:
+        return bool(await self._eval("ack", _ACK, [self._k("processing"), self._k("meta", lease.job.id)],
+                                     [lease.job.id, lease.worker_id]))
+
+    async def nack(self, lease: Lease, error: str, *, release: bool = False,
+                   dead_letter: bool = False) -> Literal["retry", "dead", "lost"]:
+        """Give the job back: retried with backoff, or dead-lettered after MAX_ATTEMPTS.
+
+        `release=True` hands it straight back without using up an attempt (a worker shutting down);
+        `dead_letter=True` dead-letters it now (a job that can never run).
+        """
+        code = await self._eval("nack", _NACK, [self._k("processing"), self._k("meta", lease.job.id),
+                                self._k("delayed"), self._k("dead")],
+                                [lease.job.id, lease.worker_id, error[:2000], self.max_attempts,
+                                 self.retry_backoff_ms, self.retry_backoff_max_ms, int(release), self.p,
+                                 int(dead_letter)])
+        return {0: "lost", 1: "retry", 2: "dead"}[int(code)]
+
+    async def reap(self) -> tuple[int, int]:
+        """Requeue jobs whose lease expired (their worker died); (requeued, dead-lettered)."""
+        requeued, dead = await self._eval("reap", _REAP, [self._k("processing"), self._k("dead")],
+                                          [self.p, self.max_attempts])
+        return int(requeued), int(dead)
+
+    async def is_cancelled(self, job_id: str) -> bool:
+        return bool(await self._call("is_cancelled", self._redis.exists, self._k("cancel", job_id)))
+
+    # ## Progress events
+
+    async def publish(self, job_id: str, event: Event) -> str:
+        """Append to the job's capped event stream; after the final event the stream expires."""
+        key = self._k("events", job_id)
+        event_id = await self._call("publish", self._redis.xadd, key, "*", {"data": event.model_dump_json()},
+                                    maxlen=self.events_maxlen, approximate_trim=True)
+        if isinstance(event, FinalEvent):
+            await self._call("publish", self._redis.expire, key, self.events_ttl_s)
+        return event_id
+
+    async def events(self, job_id: str, after: str | None = None, count: int = 100) -> list[QueuedEvent]:
+        """Events after `after` (exclusive), oldest first: resume from the last id seen."""
+        start = f"({after}" if after else "-"
+        rows = await self._call("events", self._redis.xrange, self._k("events", job_id), start, "+", count)
+        return [QueuedEvent(eid, parse_event(dict(_pairs(fields))["data"])) for eid, fields in rows]
+
+    # ## Inspection
+
+    def _views(self) -> list[str]:
+        return [*(self._k("q", p) for p in PRIORITIES), self._k("processing"), self._k("delayed"), self._k("dead")]
+
+    async def stats(self) -> dict[str, int]:
+        out = await self._eval("stats", _STATS, self._views(), [])
+        return dict(zip([*(f"queued_{p}" for p in PRIORITIES), "running", "retrying", "dead"], out, strict=True))
+
+    async def waiting(self) -> int:
+        """Jobs waiting for a worker: queued at any priority, or waiting out a retry backoff."""
+        return waiting(await self.stats())
+
+    async def list(self) -> dict[str, list[str]]:
+        out = await self._eval("list", _LIST, self._views(), [])
+        names = [*(f"queued_{p}" for p in PRIORITIES), "running", "retrying"]
+        lists = dict(zip(names, out, strict=True))
+        for p in PRIORITIES:  # RPOP takes from the right: show the next job first
+            lists[f"queued_{p}"] = list(reversed(lists[f"queued_{p}"]))
+        return lists
+
+    async def dead(self) -> list[dict[str, str]]:
+        ids = await self._call("dead", self._redis.lrange, self._k("dead"), 0, -1)
+        out = []
+        for job_id in ids:
+            meta = await self._call("dead", self._redis.hgetall, self._k("meta", job_id))
+            out.append({"id": job_id, **meta})
+        return out
+
+    async def requeue(self, job_id: str) -> bool:
+        """Move a dead-lettered job back to its queue with a fresh attempt count."""
+        meta = await self._call("requeue", self._redis.hgetall, self._k("meta", job_id))
+        priority = meta.get("priority", "default")
+        return bool(await self._eval("requeue", _REQUEUE, [self._k("dead"), self._k("meta", job_id),
+                                     self._k("q", priority)], [job_id]))
+
+    async def close(self) -> None:
+        await self._redis.close()
+
+
+def waiting(stats: dict[str, int]) -> int:
+    """The waiting count from `JobQueue.stats()`: queued at any priority plus retrying."""
+    return sum(stats[f"queued_{p}"] for p in PRIORITIES) + stats["retrying"]
+
+
+def _pairs(fields: Any) -> list[tuple[str, str]]:
+    if isinstance(fields, dict):
+        return list(fields.items())
+    return list(zip(fields[::2], fields[1::2], strict=True))

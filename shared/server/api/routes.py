@@ -1,0 +1,177 @@
+"""The API's routes: thin functions over `JobLifecycle`, grouped in two routers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from shared.contracts.errors import InputError, Issue, LLMJobsError
+from shared.contracts.inputs import parse_job_document, parse_job_text
+from shared.contracts.models import ID_PATTERN, Job, JobRecord, JobStatus, new_job_id
+from shared.contracts.openai_batch import to_openai
+from shared.server.api.app import AppState, Caller, State
+from shared.server.api.schemas import (
+    Cancelled,
+    Health,
+    JobAccepted,
+    JobList,
+    JobView,
+    Problem,
+    Ready,
+    ResultsPage,
+)
+from shared.server.lifecycle import Accepted
+
+ERRORS = {401: {"model": Problem, "description": "no API key"}, 403: {"model": Problem, "description": "wrong key"},
+          429: {"model": Problem, "description": "rate limited"}}
+NOT_FOUND = {404: {"model": Problem}, **ERRORS}
+
+health = APIRouter(tags=["health"])
+jobs = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@health.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@health.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
+async def readyz(state: AppState) -> JSONResponse:
+    lifecycle = state.lifecycle
+    checks: dict[str, Any] = {"dispatcher": lifecycle.dispatcher.name}
+    ok = True
+    try:
+        await lifecycle.store.get_job("readyz-probe")
+        checks["store"] = "ok"
+    except LLMJobsError as e:
+        ok, checks["store"] = False, str(e)
+    try:
+        checks.update(await asyncio.wait_for(lifecycle.dispatcher.ready(), state.settings.http_timeout_s))
+    except (LLMJobsError, TimeoutError) as e:
+        ok, checks["dispatch"] = False, str(e) or "no answer in time"
+    return JSONResponse(Ready(ready=ok, checks=checks).model_dump(), status_code=200 if ok else 503)
+
+
+_JSONL_EXAMPLE = ('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", '
+                  '"messages": [{"role": "user", "content": "Hi"}]}}\n')
+
+
+@jobs.post("", response_model=JobAccepted, status_code=202,
+           responses={200: {"model": JobAccepted, "description": "a job with this id is known: nothing new ran"},
+                      413: {"model": Problem}, 422: {"model": Problem}, **ERRORS},
+           openapi_extra={"requestBody": {"required": True, "content": {
+               "application/json": {"schema": {"$ref": "#/components/schemas/JobIn"}},
+               "application/jsonl": {"schema": {"type": "string"}, "example": _JSONL_EXAMPLE}}}})
+async def submit(request: Request, state: AppState, who: Caller,
+                 id: Annotated[str | None, Query(description="job id for a JSONL body (the idempotency key)",
+                                                 pattern=ID_PATTERN)] = None,
+                 strict: Annotated[bool, Query(description="refuse the job if any item is invalid; with "
+                                               "false, bad items become error results")] = True) -> JSONResponse:
+    raw = await _body(request, state.settings.max_body_bytes)
+    job = _parse(raw, request.headers.get("content-type", "application/json"), state, job_id=id, strict=strict)
+    accepted = await state.lifecycle.submit(job)
+    return JSONResponse(_accepted(accepted, state).model_dump(), status_code=202 if accepted.dispatched else 200)
+
+
+@jobs.get("", response_model=JobList, responses=ERRORS)
+async def list_jobs(state: AppState, who: Caller,
+                    status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> JobList:
+    return JobList(data=[_view(r) for r in await state.lifecycle.list(limit=limit, status=status)])
+
+
+@jobs.get("/{job_id}", response_model=JobView, responses=NOT_FOUND)
+async def get_job(job_id: str, state: AppState, who: Caller) -> JobView:
+    return _view(await state.lifecycle.get(job_id))
+
+
+@jobs.get("/{job_id}/results", response_model=ResultsPage, responses=NOT_FOUND)
+async def results(job_id: str, state: AppState, who: Caller,
+                  after: Annotated[str | None, Query(description="the last custom_id of the previous page")] = None,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                  format: Annotated[Literal["ours", "openai"], Query()] = "ours") -> ResultsPage:
+    page, next_after = await state.lifecycle.results(job_id, after=after, limit=limit)
+    if format == "openai":
+        model = (await state.lifecycle.get(job_id)).model or "unknown"
+        data = [to_openai(r, job_id=job_id, model=model) for r in page]
+    else:
+        data = [r.model_dump(mode="json") for r in page]
+    return ResultsPage(job_id=job_id, format=format, data=data, next_after=next_after)
+
+
+@jobs.get("/{job_id}/events", responses={
+    200: {"content": {"text/event-stream": {}}, "description": "`chunk` events (results and progress), then "
+          "`final`; `progress` events when the dispatcher publishes none. Each has an `id`: reconnect with "
+          "Last-Event-ID to resume with no gap and no repeat."}, **NOT_FOUND})
+async def events(job_id: str, request: Request, state: AppState, who: Caller,
+                 last_event_id: Annotated[str | None, Header()] = None,
+                 after: Annotated[str | None, Query(description="same as Last-Event-ID, for clients that "
+                                                    "cannot set headers")] = None) -> EventSourceResponse:
+    await state.lifecycle.get(job_id)
+    return EventSourceResponse(_stream(state, job_id, last_event_id or after, request), ping=state.settings.sse_ping_s,
+                               send_timeout=state.settings.http_timeout_s)
+
+
+@jobs.post("/{job_id}/cancel", response_model=Cancelled, responses=NOT_FOUND)
+async def cancel(job_id: str, state: AppState, who: Caller) -> Cancelled:
+    done = await state.lifecycle.cancel(job_id)
+    return Cancelled(id=job_id, stopped_before_start=done.stopped_before_start, status=done.record.status)
+
+
+# ## Helpers
+
+
+async def _stream(state: State, job_id: str, last_id: str | None, request: Request) -> AsyncIterator[dict[str, Any]]:
+    async for ev in state.lifecycle.follow(job_id, last_id, stop=request.is_disconnected):
+        yield {"id": ev.id, "event": ev.event.type, "data": ev.event.model_dump_json()}
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the body is over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"the body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(raw: bytes, content_type: str, state: State, *, job_id: str | None, strict: bool) -> Job:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError([Issue(f"the body is not UTF-8: {e}")]) from e
+    checks = {"limits": state.limits, "any_model": True, "strict": strict}
+    if "json" in content_type and "jsonl" not in content_type and "ndjson" not in content_type:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError([Issue(f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})")]) from e
+        if isinstance(doc, dict) and not doc.get("id"):
+            doc = {**doc, "id": job_id or new_job_id()}
+        return parse_job_document(doc, **checks)
+    # JSONL: items or OpenAI Batch lines, one a line; the id (idempotency key) comes from ?id=
+    return parse_job_text(text, options={"id": job_id or new_job_id()}, **checks)
+
+
+def _accepted(accepted: Accepted, state: State) -> JobAccepted:
+    job = accepted.job
+    base = f"/v1/jobs/{job.id}"
+    return JobAccepted(id=job.id, status=accepted.status, total=job.total, created=accepted.created,
+                       estimated_time_s=state.lifecycle.estimate_s(job), status_url=base,
+                       events_url=f"{base}/events", results_url=f"{base}/results")
+
+
+def _view(r: JobRecord) -> JobView:
+    return JobView(id=r.id, status=r.status, model=r.model, total=r.total, completed=r.completed, failed=r.failed,
+                   percentage=r.percentage, created_at=r.created_at, started_at=r.started_at,
+                   finished_at=r.finished_at, error=r.error, summary=r.summary, metadata=r.metadata)

@@ -1,0 +1,118 @@
+"""The job lifecycle: submit, get, list, results, follow and cancel, in one place.
+
+    lifecycle = JobLifecycle(store, dispatcher, settings)
+    accepted = await lifecycle.submit(job)          # idempotent on job.id
+    async for ev in lifecycle.follow(job.id):       # StreamEvent(id, Event) ... until `final`
+    await lifecycle.cancel(job.id)
+
+The HTTP API's routes, the SDK's local backend and the CLI's store commands are thin layers over
+this class, so a job behaves the same whichever door it came in by (docs/architecture.md,
+"Lifecycle"). It imports no web framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from shared.contracts.errors import ConfigError, LLMJobsError, NotFound
+from shared.contracts.events import Outcome
+from shared.contracts.models import Job, JobRecord, JobStatus, Result, Summary
+from shared.contracts.settings import Settings
+from shared.server.dispatch import Dispatcher
+from shared.server.events import StreamEvent, follow
+from shared.stores.base import Store, record_outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    job: Job
+    status: JobStatus
+    #: False when a job with this id was known already
+    created: bool
+    #: False when nothing new was started (the known job is queued, running or completed)
+    dispatched: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    record: JobRecord
+    #: True: it had not started and never will; False: a running job stops at its next chunk
+    stopped_before_start: bool
+
+
+async def _never() -> bool:
+    return False
+
+
+class JobLifecycle:
+    def __init__(self, store: Store, dispatcher: Dispatcher | None, settings: Settings):
+        """`dispatcher=None` gives a reader (get, list, results, follow from the store)."""
+        self.store, self._dispatcher, self.settings = store, dispatcher, settings
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            raise ConfigError("this lifecycle only reads jobs: it was given no dispatcher")
+        return self._dispatcher
+
+    async def submit(self, job: Job) -> Accepted:
+        """Record the job as queued and dispatch it. A known id that is queued, running or completed
+        starts nothing (created=False); a failed or cancelled one runs again and resumes."""
+        dispatcher = self.dispatcher  # a reader refuses here, before anything is recorded
+        created = await self.store.accept(job)
+        if not created:
+            record = await self.get(job.id)
+            if record.status not in (JobStatus.failed, JobStatus.cancelled):
+                return Accepted(job, record.status, created=False, dispatched=False)
+        try:
+            await dispatcher.submit(job)
+        except LLMJobsError as e:  # recorded failed, so a re-submit with this id dispatches it again
+            await record_outcome(self.store, job.id, Outcome.failed,
+                                 Summary.empty(job.total, f"could not dispatch: {e}"),
+                                 retry_s=self.settings.store_retry_s)
+            raise
+        return Accepted(job, JobStatus.queued, created=created, dispatched=True)
+
+    async def get(self, job_id: str) -> JobRecord:
+        record = await self.store.get_job(job_id)
+        if record is None:
+            raise NotFound(f"no job {job_id!r}", status=404)
+        return record
+
+    async def list(self, *, limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
+        """The most recent jobs first."""
+        return await self.store.list_jobs(limit=limit, status=status)
+
+    async def results(self, job_id: str, *, after: str | None = None, limit: int = 100
+                      ) -> tuple[list[Result], str | None]:
+        """One page ordered by custom_id, and the cursor of the next page (None on the last)."""
+        await self.get(job_id)
+        page = await self.store.results(job_id, after=after, limit=limit)
+        return page, page[-1].custom_id if len(page) == limit else None
+
+    def follow(self, job_id: str, last_id: str | None = None, *,
+               stop: Callable[[], Awaitable[bool]] = _never) -> AsyncIterator[StreamEvent]:
+        """The job's events after `last_id` until its `final` event (see shared/server/events.py)."""
+        source = self._dispatcher.events if self._dispatcher is not None else None
+        return follow(source, self.store, job_id, last_id, poll_s=self.settings.sse_poll_s, stop=stop)
+
+    async def cancel(self, job_id: str) -> Cancelled:
+        record = await self.get(job_id)
+        if record.status.terminal:
+            return Cancelled(record, stopped_before_start=False)
+        before_start = await self.dispatcher.cancel(job_id) and record.status == JobStatus.queued
+        if before_start:
+            await record_outcome(self.store, job_id, Outcome.cancelled,
+                                 Summary.empty(record.total, "cancelled before it ran"),
+                                 retry_s=self.settings.store_retry_s)
+        return Cancelled(await self.get(job_id), stopped_before_start=before_start)
+
+    def estimate_s(self, job: Job) -> float:
+        """A rough guide for a client: total / ESTIMATE_ITEMS_PER_S."""
+        return round(job.total / self.settings.estimate_items_per_s, 1)
+
+    async def close(self) -> None:
+        if self._dispatcher is not None:
+            await self._dispatcher.close()
+        await self.store.close()

@@ -1,0 +1,139 @@
+"""The event union (shared/contracts/events.py): every event survives its JSON form, and what is not
+an event is refused. The same round trip through the real transports: tests/queue/test_queue.py
+(Redis stream) and tests/api/test_sse.py (the API's SSE, read by the SDK)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from handler.runner import StopSignal, run_job
+from shared.contracts.errors import ErrorCode
+from shared.contracts.events import ChunkEvent, ErrorEvent, FinalEvent, Outcome, ProgressEvent, parse_event
+from shared.contracts.models import Item, Job, JobStatus, Rejection, Summary
+from shared.stores.sqlite import SQLiteStore
+from tests.conftest import make_job
+from tests.fakes import FakeEngine, sample_events
+
+EVENTS = sample_events("job-1")
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=[e.type for e in EVENTS])
+def test_every_event_type_round_trips_through_json(event):
+    text = event.model_dump_json()
+    for form in (text, text.encode(), json.loads(text), event.model_dump(mode="json")):
+        back = parse_event(form)
+        assert type(back) is type(event) and back == event
+
+
+def test_the_four_types_are_the_union():
+    assert [type(e) for e in EVENTS] == [ChunkEvent, ProgressEvent, ErrorEvent, FinalEvent]
+    assert [e.type for e in EVENTS] == ["chunk", "progress", "error", "final"]
+
+
+def test_a_final_event_without_a_summary_is_refused():
+    with pytest.raises(ValidationError, match="summary"):
+        parse_event({"type": "final", "job_id": "j", "outcome": "completed"})
+    with pytest.raises(ValidationError, match="summary"):
+        parse_event({"type": "final", "job_id": "j", "outcome": "completed", "summary": None})
+    with pytest.raises(ValidationError):
+        FinalEvent(job_id="j", outcome=Outcome.completed)
+    # the old shape (a status, no outcome, a summary that may be missing) is not an event any more
+    with pytest.raises(ValidationError):
+        parse_event({"type": "final", "job_id": "j", "status": "completed", "summary": None})
+
+
+@pytest.mark.parametrize("data", [
+    {"type": "heartbeat", "job_id": "j"},
+    {"job_id": "j", "error": "no type"},
+    '{"type": "chunks", "job_id": "j", "seq": 1, "results": []}',
+    "not json",
+])
+def test_what_is_not_an_event_is_refused(data):
+    with pytest.raises(ValidationError):
+        parse_event(data)
+
+
+def test_an_event_missing_a_field_of_its_type_is_refused():
+    with pytest.raises(ValidationError, match="progress"):
+        parse_event({"type": "chunk", "job_id": "j", "seq": 1, "results": []})
+
+
+@pytest.mark.parametrize(("outcome", "status"), [
+    (Outcome.completed, JobStatus.completed),
+    (Outcome.failed, JobStatus.failed),
+    (Outcome.cancelled, JobStatus.cancelled),
+    (Outcome.stopped, JobStatus.queued),  # a stopped job waits to run again
+])
+def test_each_outcome_records_a_status(outcome, status):
+    assert outcome.status is status
+    final = FinalEvent(job_id="j", outcome=outcome, summary=Summary.empty(1))
+    assert final.status is status
+    assert parse_event(final.model_dump_json()).status is status
+    if status.terminal:
+        assert Outcome.of(status) is outcome
+
+
+@pytest.mark.parametrize("status", [JobStatus.queued, JobStatus.running])
+def test_a_job_that_has_not_ended_has_no_outcome(status):
+    assert not status.terminal
+    with pytest.raises(ValueError, match="no outcome"):
+        Outcome.of(status)
+
+
+def test_failed_final_and_progress_helpers():
+    final = FinalEvent.failed("j", "invalid job: nope", total=4)
+    assert (final.outcome, final.status, final.summary.reason) == (Outcome.failed, JobStatus.failed,
+                                                                  "invalid job: nope")
+    assert (final.summary.total, final.summary.completed, final.summary.failed) == (4, 0, 0)
+    p = ProgressEvent.of("j", JobStatus.running, total=8, completed=3, failed=1)
+    assert p.percentage == 50.0
+    assert ProgressEvent.of("j", JobStatus.completed, total=0, completed=0, failed=0).percentage == 100.0
+
+
+# ## What the runner yields survives the same round trip
+
+
+def round_trips(events) -> None:
+    for e in events:
+        back = parse_event(e.model_dump_json())
+        assert type(back) is type(e) and back == e, e
+
+
+async def test_a_runners_events_round_trip(tmp_path):
+    job = Job(items=[Item(custom_id=f"c{i}", prompt=f"p{i}") for i in range(5)],
+              rejected=[Rejection(custom_id="r0", index=5, field="prompt", message="too long")], chunk_size=2)
+    store = SQLiteStore(tmp_path / "jobs.db")
+    events = [e async for e in run_job(job, FakeEngine(fail={"c3": ErrorCode.timeout}), store=store)]
+    await store.close()
+    assert [e.type for e in events] == ["chunk"] * 3 + ["final"]
+    final = events[-1]
+    assert final.outcome is Outcome.completed and (final.summary.completed, final.summary.failed) == (4, 2)
+    assert final.summary.error_codes == {"timeout": 1, "invalid_item": 1}
+    round_trips(events)
+
+
+async def test_an_invalid_jobs_events_round_trip_and_nothing_is_recorded(tmp_path):
+    store = SQLiteStore(tmp_path / "jobs.db")
+    job = make_job(2, id="wrong", model="gpt-9")
+    events = [e async for e in run_job(job, FakeEngine(), store=store)]
+    assert [type(e) for e in events] == [ErrorEvent, FinalEvent]
+    assert "gpt-9" in events[0].error and events[0].job_id == "wrong"
+    assert events[1].outcome is Outcome.failed and events[1].summary.reason.startswith("invalid job")
+    assert events[1].summary.total == 2
+    round_trips(events)
+    assert await store.get_job("wrong") is None
+    await store.close()
+
+
+async def test_a_stopped_runs_final_round_trips_as_stopped():
+    stop = StopSignal()
+    engine = FakeEngine(capacity=1, delay=lambda r: 0.01 if r.custom_id == "c0" else 30)
+    asyncio.get_running_loop().call_later(0.2, stop.set)
+    events = [e async for e in run_job(make_job(3), engine, chunk_size=1, stop=stop)]
+    final = parse_event(events[-1].model_dump_json())
+    assert final.outcome is Outcome.stopped and final.status is JobStatus.queued
+    round_trips(events)
