@@ -118,7 +118,8 @@ class VLLMEngine:
             from vllm.platforms import current_platform
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as e:
-            raise ConfigError("vLLM is not installed: pip install 'llm-jobs[cpu]' or 'llm-jobs[gpu]'") from e
+            raise ConfigError("vLLM is not installed: bash scripts/install.sh (CPU), or "
+                              "pip install 'llm-jobs[stores,cli,server,gpu]'") from e
         model, served = resolve_model(settings)
         args = engine_args(settings, model, served, current_platform.is_cpu())
         started = time.monotonic()

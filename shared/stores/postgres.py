@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.settings import DEFAULTS
 from shared.stores.base import result_row, row_job, row_result
 
 # One statement per chunk: the rows travel as one JSON array and are upserted together.
@@ -39,7 +40,8 @@ on conflict (id) do update set status = 'running', total = excluded.total,
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, timeout_s: float = 10, pool_size: int = 4):
+    def __init__(self, url: str, *, timeout_s: float = DEFAULTS.store_timeout_s,
+                 pool_size: int = DEFAULTS.store_pool_size):
         self.timeout_s = timeout_s
         self._pool = AsyncConnectionPool(
             url,

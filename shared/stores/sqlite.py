@@ -13,6 +13,7 @@ import aiosqlite
 
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.settings import DEFAULTS
 from shared.stores.base import RESULT_COLUMNS, result_row, row_job, row_result
 
 SCHEMA = """
@@ -54,7 +55,7 @@ def _dump(v: Any) -> Any:
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, *, timeout_s: float = 10):
+    def __init__(self, path: Path, *, timeout_s: float = DEFAULTS.store_timeout_s):
         self.path = path
         self.timeout_s = timeout_s
         self._db: aiosqlite.Connection | None = None

@@ -19,6 +19,7 @@ from postgrest.types import ReturnMethod
 
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.settings import DEFAULTS
 from shared.stores.base import result_row, row_job, row_result
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
@@ -33,7 +34,8 @@ def _now() -> str:
 
 
 class SupabaseStore:
-    def __init__(self, url: str, key: str, *, timeout_s: float = 10, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, url: str, key: str, *, timeout_s: float = DEFAULTS.store_timeout_s,
+                 transport: httpx.AsyncBaseTransport | None = None):
         self.url = url
         self._key = key
         self.timeout_s = timeout_s
