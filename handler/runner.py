@@ -139,9 +139,11 @@ async def run_job(
     interval = job.chunk_interval_s or chunk_interval_s
     try:
         builder, built = builder_for(job, limits, engine.served_models, any_model=any_model)
-    except InputError as e:  # a job no engine here can run: say why, run nothing, record nothing
-        yield ErrorEvent(job_id=job.id, error=f"invalid job: {e}")
-        yield FinalEvent.failed(job.id, f"invalid job: {e}", total=job.total)
+    except InputError as e:  # a job no engine here can run: say why, run nothing, record it failed
+        final = FinalEvent.failed(job.id, f"invalid job: {e}", total=job.total)
+        await _finish(store, job.id, final.outcome, final.summary, store_retry_s)
+        yield ErrorEvent(job_id=job.id, error=final.summary.reason or "invalid job")
+        yield final
         return
 
     done: dict[str, ResultStatus] = {}

@@ -20,12 +20,13 @@ from typing import Any, ClassVar
 from handler.engine.base import Engine
 from handler.runner import run_job
 from shared.contracts.compat import from_worker_vllm, is_worker_vllm
-from shared.contracts.events import Event
+from shared.contracts.events import Event, Outcome
 from shared.contracts.inputs import parse_job_document
-from shared.contracts.models import Job
+from shared.contracts.models import Job, Summary
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings
 from shared.stores import Store, open_store
+from shared.stores.base import record_outcome
 
 
 class JobService:
@@ -81,6 +82,13 @@ class JobService:
         if default_id and isinstance(doc, dict) and not doc.get("id"):
             doc = {**doc, "id": default_id}
         return parse_job_document(doc, limits=self.limits, served_models=self.engine.served_models)
+
+    async def refuse(self, job_id: Any, reason: str) -> None:
+        """Record a submitted job whose input this worker refuses as failed (when the store knows it),
+        so its readers see it end. An id the store does not know records nothing."""
+        if isinstance(job_id, str) and job_id:
+            summary = Summary.empty(0, reason)
+            await record_outcome(self.store, job_id, Outcome.failed, summary, retry_s=self.settings.store_retry_s)
 
     def events(self, job: Job) -> AsyncIterator[Event]:
         """Run `job` through the runner with the store: chunks as they are stored, then the final event."""

@@ -27,10 +27,11 @@ from handler.engine.base import Engine
 from handler.runner import StopSignal, run_job
 from shared.contracts.errors import LLMJobsError, QueueError
 from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome
+from shared.contracts.models import Job, Summary
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import DEFAULTS
 from shared.queue.upstash import JobQueue, Lease
-from shared.stores.base import Store
+from shared.stores.base import Store, record_outcome
 
 log = logging.getLogger("llm_jobs.worker")
 
@@ -149,10 +150,10 @@ class Worker:
         try:
             async for event in gen:
                 if isinstance(event, FinalEvent):
-                    final = event
+                    final = event  # published by _settle, once it knows whether the job is over
+                    continue
                 invalid = invalid or isinstance(event, ErrorEvent)
-                if final is None or final.outcome is not Outcome.stopped:
-                    await self._publish(job.id, event)  # a stopped job is not over: readers wait for its next run
+                await self._publish(job.id, event)
                 if isinstance(event, ChunkEvent) and not stop.is_set() and await self._cancelled(job.id):
                     stop.set(Outcome.cancelled)
         except Exception as e:  # a bug must not kill the worker; the job is retried, then dead-lettered
@@ -177,27 +178,33 @@ class Worker:
 
     async def _settle(self, lease: Lease, final: FinalEvent | None, *, lost: bool, invalid: bool,
                       crash: str | None) -> None:
+        """Settle the lease by the run's outcome; publish the final event only when the job is over
+        (a stopped job, or a failed one that will be retried, runs again: its readers keep waiting)."""
+        job = lease.job
         match final.outcome if final is not None else None:
             case _ if lost:
                 self._log(lease, "abandoned (lease lost; another worker has it)", level=logging.WARNING)
             case Outcome.completed:
                 await self.queue.ack(lease)
+                await self._publish(job.id, final)
                 self.stats.done += 1
                 s = final.summary
                 self._log(lease, "completed: %s ok, %s failed, %s skipped", s.completed, s.failed, s.skipped)
             case Outcome.cancelled:
                 await self.queue.ack(lease)
+                await self._publish(job.id, final)
                 self.stats.cancelled += 1
                 self._log(lease, "cancelled")
             case Outcome.stopped:
                 await self._release(lease)
             case Outcome.failed if invalid:  # no engine here can ever run it: no retry
-                reason = final.summary.reason or "invalid job"
-                await self.queue.nack(lease, reason, dead_letter=True)
+                await self.queue.nack(lease, final.summary.reason or "invalid job", dead_letter=True)
+                await self._publish(job.id, final)
                 self.stats.dead_lettered += 1
-                self._log(lease, "invalid job, dead-lettered: %s", reason, level=logging.WARNING)
+                self._log(lease, "invalid job, dead-lettered: %s", final.summary.reason, level=logging.WARNING)
             case _ if self.stopping:  # e.g. Ctrl-C reached the engine's processes too: not the job's fault
                 await self._release(lease)
+                await self._record(job, Outcome.stopped, final, "handed back: the worker stopped")
             case _:  # failed, or crashed before its final event
                 reason = crash or (final.summary.reason if final else None) or "failed"
                 verdict = await self.queue.nack(lease, reason)
@@ -205,10 +212,22 @@ class Worker:
                 self.stats.errors.append(reason)
                 if verdict == "dead":
                     self.stats.dead_lettered += 1
+                    ended = await self._record(job, Outcome.failed, final, reason)
+                    await self._publish(job.id, ended)
+                else:  # it runs again after a backoff: waiting, not failed
+                    await self._record(job, Outcome.stopped, final, f"attempt {lease.attempt} failed, will retry: "
+                                       f"{reason}")
                 self._log(lease, "failed (%s): %s", verdict, reason, level=logging.WARNING)
                 if not self.engine.alive:
                     self._engine_dead = True
                     self.stop()
+
+    async def _record(self, job: Job, outcome: Outcome, final: FinalEvent | None, reason: str) -> FinalEvent:
+        """Record what the worker decided over the runner's outcome (a retry pending, a dead letter)."""
+        base = final.summary if final is not None else Summary.empty(job.total)
+        ended = FinalEvent(job_id=job.id, outcome=outcome, summary=base.model_copy(update={"reason": reason}))
+        await record_outcome(self.store, job.id, outcome, ended.summary, retry_s=self.store_retry_s)
+        return ended
 
     async def _release(self, lease: Lease) -> None:
         await self.queue.nack(lease, "worker stopped", release=True)

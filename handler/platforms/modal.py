@@ -29,6 +29,7 @@ async def stream_events(service: JobService, payload: Any, *, default_id: str | 
     except InputError as e:
         job_id = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
         reason = f"invalid input: {e}"
+        await service.refuse(job_id, reason)
         yield ErrorEvent(job_id=job_id, error=reason).model_dump(mode="json")
         yield FinalEvent.failed(job_id or default_id or "", reason).model_dump(mode="json")
         return

@@ -58,6 +58,7 @@ class RunpodHandler:
             job = self.service.parse(payload, default_id=rp_job.get("id"))
         except InputError as e:
             log.warning("runpod job=%s invalid input: %s", rp_job.get("id"), e)
+            await self.service.refuse(payload.get("id") if isinstance(payload, dict) else None, f"invalid input: {e}")
             yield {"error": f"invalid input: {e}"}
             return
         log.info("runpod job=%s running %d item(s) as job %s", rp_job.get("id"), job.total, job.id)

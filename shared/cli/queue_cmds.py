@@ -20,7 +20,7 @@ from shared.contracts.models import Job
 from shared.contracts.settings import Settings, get_settings
 from shared.queue.upstash import JobQueue, Priority
 from shared.server.dispatch import QueueDispatcher
-from shared.server.lifecycle import Accepted, JobLifecycle
+from shared.server.lifecycle import Accepted, Cancelled, JobLifecycle
 from shared.stores import open_store
 
 T = TypeVar("T")
@@ -148,7 +148,6 @@ async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: f
     from handler.engine.vllm_engine import VLLMEngine
     from handler.worker import Worker
     from shared.contracts.prepare import Limits
-    from shared.stores import open_store
 
     q = _queue(settings)
     store = open_store(settings)
@@ -191,9 +190,17 @@ def queue_dead() -> None:
 @queue_app.command("cancel")
 def queue_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
     """Cancel a job: if queued it never runs; if running it stops at its next chunk."""
-    waiting = _on_queue(lambda q: q.cancel(job_id))
-    err.print(f"{job_id}: " + ("removed from the queue" if waiting else "cancel flagged; a running worker stops "
-                               "it at its next chunk"))
+    done = _run(_cancel(_lifecycle(get_settings()), job_id))
+    err.print(f"{job_id}: " + ("removed from the queue" if done.stopped_before_start else
+                               f"{done.record.status}" if done.record.status.terminal else
+                               "cancel flagged; a running worker stops it at its next chunk"))
+
+
+async def _cancel(jobs: JobLifecycle, job_id: str) -> Cancelled:
+    try:
+        return await jobs.cancel(job_id)
+    finally:
+        await jobs.close()
 
 
 @queue_app.command("requeue")

@@ -45,6 +45,24 @@ end
 return 0
 """
 
+# A job the queue knows but no longer holds (cancelled, dead-lettered, done): queue it again with a
+# fresh attempt count, its cancel flag and its old events gone. One still queued, running or
+# waiting out a retry is left alone.
+# KEYS: job, meta, queue, cancel, dead, events   ARGV: doc, ttl, id, priority
+_RESUBMIT = """
+local state = redis.call('HGET', KEYS[2], 'state')
+if redis.call('EXISTS', KEYS[1]) == 1 and (state == 'queued' or state == 'running' or state == 'retrying') then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('DEL', KEYS[4], KEYS[6])
+redis.call('LREM', KEYS[5], 0, ARGV[3])
+redis.call('HSET', KEYS[2], 'priority', ARGV[4], 'attempts', 0, 'state', 'queued', 'last_error', '', 'worker', '')
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('LPUSH', KEYS[3], ARGV[3])
+return 1
+"""
+
 # KEYS: processing, delayed, q:high, q:default   ARGV: prefix, worker, lease_ms
 _RESERVE = _NOW + """
 local p = ARGV[1]
@@ -234,6 +252,15 @@ class JobQueue:
                                  self._k("q", priority), self._k("cancel", job.id)],
                                  [doc, self.job_ttl_s, job.id, priority])
         return bool(added)
+
+    async def resubmit(self, job: Job, priority: Priority = "default") -> bool:
+        """Queue a job the queue knows but no longer holds (cancelled, dead-lettered, done) again, with
+        fresh attempts; False when it is still queued, running or waiting out a retry."""
+        again = await self._eval("resubmit", _RESUBMIT, [self._k("job", job.id), self._k("meta", job.id),
+                                 self._k("q", priority), self._k("cancel", job.id), self._k("dead"),
+                                 self._k("events", job.id)], [json.dumps(job.wire()), self.job_ttl_s, job.id,
+                                                              priority])
+        return bool(again)
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel: a queued job never runs; a running one stops at its next chunk. True if it was waiting."""

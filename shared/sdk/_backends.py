@@ -215,15 +215,22 @@ class RunpodBackend:
                     return
             state = answer.get("status")
             if state in FINAL_STATES and not answer.get("stream"):
-                # ended with no final event of ours: stopped, cancelled, timed out, or failed before it ran
-                error = (await self.client.status(self._run_id(job_id))).get("error")
-                reason = error or f"RunPod says {state}"
-                summary = Summary.empty(self._totals.get(job_id, 0), reason)
-                yield "final", FinalEvent(job_id=job_id, outcome=_OUTCOMES.get(state, Outcome.failed),
-                                          summary=summary)
+                yield "final", await self._final(job_id, state)
                 return
             if not answer.get("stream"):
                 await asyncio.sleep(self.poll_s)
+
+    async def _final(self, job_id: str, state: str) -> FinalEvent:
+        """The final event of a RunPod job whose stream is drained: ours from its aggregate output
+        (another reader took it from /stream), else one made from RunPod's state (a stop, a cancel, a
+        timeout, a failure before it ran)."""
+        answer = await self.client.status(self._run_id(job_id))
+        for output in reversed(answer.get("output") or []):
+            event = self._keep(job_id, output)
+            if isinstance(event, FinalEvent):
+                return event
+        summary = Summary.empty(self._totals.get(job_id, 0), answer.get("error") or f"RunPod says {state}")
+        return FinalEvent(job_id=job_id, outcome=_OUTCOMES.get(state, Outcome.failed), summary=summary)
 
     async def results(self, job_id: str, after: str | None, limit: int) -> tuple[list[Result], str | None]:
         if job_id not in self._results:
@@ -243,40 +250,40 @@ class RunpodBackend:
 # ## local and modal: results in the store Settings configure
 
 
-class _StoreReads:
-    store: Any
+class _Stored:
+    """Status and results from the store Settings configure, through the job lifecycle."""
 
-    async def get(self, job_id: str) -> dict[str, Any]:
-        record = await self.store.get_job(job_id)
-        if record is None:
-            raise NotFound(f"no job {job_id!r}")
-        return record.model_dump(mode="json")
-
-    async def results(self, job_id: str, after: str | None, limit: int) -> tuple[list[Result], str | None]:
-        page = await self.store.results(job_id, after=after, limit=limit)
-        return page, page[-1].custom_id if len(page) == limit else None
-
-
-class LocalBackend:
-    """The engine boots on the first job; jobs go through the same lifecycle as the API's."""
-
-    def __init__(self, settings: Settings, *, store: Any = None, service: Any = None):
-        from shared.server.dispatch import LocalDispatcher  # the server side: only when this backend is used
-        from shared.server.lifecycle import JobLifecycle
-
-        store = store or open_store(settings)
-        self.lifecycle = JobLifecycle(store, LocalDispatcher(settings, store, service=service),
-                                      settings.model_copy(update={"sse_poll_s": 0.1}))
-
-    async def submit(self, job: Job) -> dict[str, Any]:
-        accepted = await self.lifecycle.submit(job)
-        return {"id": job.id, "status": accepted.status.value, "total": job.total, "created": accepted.created}
+    lifecycle: Any  # shared.server.lifecycle.JobLifecycle, imported when a backend is made
 
     async def get(self, job_id: str) -> dict[str, Any]:
         return (await self.lifecycle.get(job_id)).model_dump(mode="json")
 
     async def results(self, job_id: str, after: str | None, limit: int) -> tuple[list[Result], str | None]:
         return await self.lifecycle.results(job_id, after=after, limit=limit)
+
+    async def aclose(self) -> None:
+        await self.lifecycle.close()
+
+
+def _lifecycle(settings: Settings, store: Any, dispatcher: Any) -> Any:
+    from shared.server.lifecycle import JobLifecycle  # the server side: only when such a backend is used
+
+    return JobLifecycle(store or open_store(settings), dispatcher, settings)
+
+
+class LocalBackend(_Stored):
+    """The engine boots on the first job; jobs go through the same lifecycle as the API's."""
+
+    def __init__(self, settings: Settings, *, store: Any = None, service: Any = None):
+        from shared.server.dispatch import LocalDispatcher
+
+        store = store or open_store(settings)
+        self.lifecycle = _lifecycle(settings.model_copy(update={"sse_poll_s": 0.1}), store,
+                                    LocalDispatcher(settings, store, service=service))
+
+    async def submit(self, job: Job) -> dict[str, Any]:
+        accepted = await self.lifecycle.submit(job)
+        return {"id": job.id, "status": accepted.status.value, "total": job.total, "created": accepted.created}
 
     async def events(self, job_id: str, after: str | None) -> AsyncIterator[Received]:
         async for ev in self.lifecycle.follow(job_id, after):
@@ -285,11 +292,8 @@ class LocalBackend:
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return (await self.lifecycle.cancel(job_id)).record.model_dump(mode="json")
 
-    async def aclose(self) -> None:
-        await self.lifecycle.close()
 
-
-class ModalBackend(_StoreReads):
+class ModalBackend(_Stored):
     """The deployed Modal app. Default: `LLMJobs.run.spawn` (durable; retried if a container dies),
     and the stream is the final event. With `live=True`: `LLMJobs.stream.remote_gen`, every chunk
     as it is stored; the job runs while the stream is read (closing it stops the job, and a
@@ -302,7 +306,7 @@ class ModalBackend(_StoreReads):
             cls = modal.Cls.from_name(settings.modal_app_name, settings.modal_class_name)
         self._cls = cls
         self.live = live
-        self.store = store or open_store(settings)
+        self.lifecycle = _lifecycle(settings, store, None)  # reads only: jobs are spawned on Modal
         self._calls: dict[str, Any] = {}  # job id -> FunctionCall (spawned)
         self._jobs: dict[str, Job] = {}  # job id -> job (live, not started yet)
 
@@ -322,13 +326,19 @@ class ModalBackend(_StoreReads):
                 yield str(n), _event(data)
             self._jobs.pop(job_id, None)
             return
-        yield "final", _event(await self._calls[job_id].get.aio())
+        call = self._calls.get(job_id)
+        if call is not None:
+            try:
+                yield "final", _event(await call.get.aio())
+                return
+            except Exception:  # failed after its retries, or cancelled: the store has the outcome
+                pass
+        async for ev in self.lifecycle.follow(job_id):  # a job this client did not spawn, or one that raised
+            if isinstance(ev.event, FinalEvent):
+                yield ev.id, ev.event
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         if job_id in self._calls:
             await self._calls[job_id].cancel.aio()
         self._jobs.pop(job_id, None)
         return {"id": job_id, "status": "cancelled"}
-
-    async def aclose(self) -> None:
-        await self.store.close()

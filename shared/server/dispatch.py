@@ -49,10 +49,10 @@ class QueueDispatcher:
         self.events = QueueEvents(queue)
 
     async def submit(self, job: Job) -> None:
-        # a job the queue knows already is in its hands (queued, running or waiting out a retry),
-        # unless it was dead-lettered: then a re-submit brings it back with fresh attempts
+        # a job the queue knows is in its hands (queued, running or waiting out a retry), unless it
+        # was cancelled or dead-lettered: then it is queued again with fresh attempts
         if not await self.queue.enqueue(job, self.priority):
-            await self.queue.requeue(job.id)
+            await self.queue.resubmit(job, self.priority)
 
     async def cancel(self, job_id: str) -> bool:
         return await self.queue.cancel(job_id)

@@ -81,12 +81,13 @@ def final_event(record: JobRecord) -> FinalEvent:
     return FinalEvent(job_id=record.id, outcome=Outcome.of(record.status), summary=summary)
 
 
-async def _never() -> bool:
+async def never() -> bool:
+    """A reader that never leaves (for `follow`'s `stop`)."""
     return False
 
 
 async def follow(source: EventSource | None, store: Store, job_id: str, last_id: str | None, *, poll_s: float,
-                 stop: Callable[[], Awaitable[bool]] = _never) -> AsyncIterator[StreamEvent]:
+                 stop: Callable[[], Awaitable[bool]] = never) -> AsyncIterator[StreamEvent]:
     """A job's events after `last_id`, until `final` (or until `stop()` says the reader left).
 
     With no source, `progress` events come from the store's counters (ids `p<done>`). Either way,

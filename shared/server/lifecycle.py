@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from shared.contracts.errors import ConfigError, LLMJobsError, NotFound
+from shared.contracts.errors import ConfigError, NotFound
 from shared.contracts.events import Outcome
 from shared.contracts.models import Job, JobRecord, JobStatus, Result, Summary
 from shared.contracts.settings import Settings
 from shared.server.dispatch import Dispatcher
-from shared.server.events import StreamEvent, follow
+from shared.server.events import StreamEvent, follow, never
 from shared.stores.base import Store, record_outcome
 
 
@@ -39,10 +39,6 @@ class Cancelled:
     record: JobRecord
     #: True: it had not started and never will; False: a running job stops at its next chunk
     stopped_before_start: bool
-
-
-async def _never() -> bool:
-    return False
 
 
 class JobLifecycle:
@@ -65,11 +61,13 @@ class JobLifecycle:
             record = await self.get(job.id)
             if record.status not in (JobStatus.failed, JobStatus.cancelled):
                 return Accepted(job, record.status, created=False, dispatched=False)
+            # waiting to run again: readers who follow it now wait for the new run's events
+            await self._record(record, Outcome.stopped, "submitted again; stored results are kept")
         try:
             await dispatcher.submit(job)
-        except LLMJobsError as e:  # recorded failed, so a re-submit with this id dispatches it again
+        except Exception as e:  # recorded failed (a re-submit dispatches it again), then raised as it came
             await record_outcome(self.store, job.id, Outcome.failed,
-                                 Summary.empty(job.total, f"could not dispatch: {e}"),
+                                 Summary.empty(job.total, f"could not dispatch: {type(e).__name__}: {e}"),
                                  retry_s=self.settings.store_retry_s)
             raise
         return Accepted(job, JobStatus.queued, created=created, dispatched=True)
@@ -92,7 +90,7 @@ class JobLifecycle:
         return page, page[-1].custom_id if len(page) == limit else None
 
     def follow(self, job_id: str, last_id: str | None = None, *,
-               stop: Callable[[], Awaitable[bool]] = _never) -> AsyncIterator[StreamEvent]:
+               stop: Callable[[], Awaitable[bool]] = never) -> AsyncIterator[StreamEvent]:
         """The job's events after `last_id` until its `final` event (see shared/server/events.py)."""
         source = self._dispatcher.events if self._dispatcher is not None else None
         return follow(source, self.store, job_id, last_id, poll_s=self.settings.sse_poll_s, stop=stop)
@@ -101,12 +99,21 @@ class JobLifecycle:
         record = await self.get(job_id)
         if record.status.terminal:
             return Cancelled(record, stopped_before_start=False)
-        before_start = await self.dispatcher.cancel(job_id) and record.status == JobStatus.queued
+        stopped = await self.dispatcher.cancel(job_id)
+        record = await self.get(job_id)  # again: a run that began meanwhile records its own outcome
+        before_start = stopped and record.status == JobStatus.queued
         if before_start:
-            await record_outcome(self.store, job_id, Outcome.cancelled,
-                                 Summary.empty(record.total, "cancelled before it ran"),
-                                 retry_s=self.settings.store_retry_s)
-        return Cancelled(await self.get(job_id), stopped_before_start=before_start)
+            ran = record.completed + record.failed
+            await self._record(record, Outcome.cancelled,
+                               "cancelled while it waited to run again" if ran else "cancelled before it ran")
+            record = await self.get(job_id)
+        return Cancelled(record, stopped_before_start=before_start)
+
+    async def _record(self, record: JobRecord, outcome: Outcome, reason: str) -> None:
+        """An outcome decided here (no run): the stored counters stay in its summary."""
+        summary = Summary.empty(record.total, reason).model_copy(
+            update={"completed": record.completed, "failed": record.failed})
+        await record_outcome(self.store, record.id, outcome, summary, retry_s=self.settings.store_retry_s)
 
     def estimate_s(self, job: Job) -> float:
         """A rough guide for a client: total / ESTIMATE_ITEMS_PER_S."""

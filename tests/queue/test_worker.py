@@ -77,12 +77,32 @@ async def test_a_job_that_always_fails_is_dead_lettered_after_max_attempts(queue
     assert dead["id"] == "poison" and "illegal memory access" in dead["last_error"] and dead["attempts"] == "3"
     rec = await store.get_job("poison")
     assert rec.status == JobStatus.failed and "illegal memory access" in rec.error
+    # attempts 1 and 2 were retried: not over, so no final event; the dead letter ends it, once
+    finals = [e.event for e in await queue.events("poison") if isinstance(e.event, FinalEvent)]
+    assert len(finals) == 1 and finals[0].outcome is Outcome.failed
+    await store.close()
+
+
+async def test_a_failed_attempt_that_will_be_retried_waits_as_queued(queue, tmp_path):
+    store = SQLiteStore(tmp_path / "jobs.db")
+    job = make_job(2, id="flaky")
+    await store.accept(job)
+    await queue.enqueue(job)
+    worker = make_worker(DyingEngine(), queue, store, store_retry_s=1)
+    lease = await queue.reserve(worker.worker_id, 30)
+    await worker._process(lease)
+    rec = await store.get_job("flaky")
+    assert rec.status == JobStatus.queued and "will retry" in rec.summary.reason  # not failed: it runs again
+    assert (await queue.stats())["retrying"] == 1
+    assert not [e for e in await queue.events("flaky") if isinstance(e.event, FinalEvent)]
     await store.close()
 
 
 async def test_an_invalid_job_is_dead_lettered_at_once(queue, tmp_path):
     store = SQLiteStore(tmp_path / "jobs.db")
-    await queue.enqueue(make_job(2, id="wrong-model", model="gpt-9"))
+    job = make_job(2, id="wrong-model", model="gpt-9")
+    await store.accept(job)  # the API accepted it: it cannot know the engine's models
+    await queue.enqueue(job)
     stats = await make_worker(FakeEngine(), queue, store, drain=True).run()
     assert stats.dead_lettered == 1 and stats.failed == 0
     (dead,) = await queue.dead()
@@ -91,7 +111,8 @@ async def test_an_invalid_job_is_dead_lettered_at_once(queue, tmp_path):
     assert [type(e) for e in events] == [ErrorEvent, FinalEvent]  # readers learn why, then that it ended
     assert "gpt-9" in events[0].error and events[0].job_id == "wrong-model"
     assert events[1].outcome is Outcome.failed and events[1].summary.reason.startswith("invalid job")
-    assert await store.get_job("wrong-model") is None  # nothing ran: nothing recorded
+    rec = await store.get_job("wrong-model")  # nothing ran, and it ended: failed, with the reason
+    assert rec.status == JobStatus.failed and "gpt-9" in rec.error and await store.done_ids("wrong-model") == {}
     await store.close()
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import typing
 
 import pytest
 from pydantic import ValidationError
 
 from handler.runner import StopSignal, run_job
 from shared.contracts.errors import ErrorCode
-from shared.contracts.events import ChunkEvent, ErrorEvent, FinalEvent, Outcome, ProgressEvent, parse_event
+from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome, ProgressEvent, parse_event
 from shared.contracts.models import Item, Job, JobStatus, Rejection, Summary
 from shared.stores.sqlite import SQLiteStore
 from tests.conftest import make_job
@@ -30,6 +31,8 @@ def test_every_event_type_round_trips_through_json(event):
 
 
 def test_the_four_types_are_the_union():
+    union, _ = typing.get_args(Event)  # Annotated[ChunkEvent | ... , Field(discriminator="type")]
+    assert set(typing.get_args(union)) == {ChunkEvent, ProgressEvent, ErrorEvent, FinalEvent}
     assert [type(e) for e in EVENTS] == [ChunkEvent, ProgressEvent, ErrorEvent, FinalEvent]
     assert [e.type for e in EVENTS] == ["chunk", "progress", "error", "final"]
 
@@ -116,16 +119,19 @@ async def test_a_runners_events_round_trip(tmp_path):
     round_trips(events)
 
 
-async def test_an_invalid_jobs_events_round_trip_and_nothing_is_recorded(tmp_path):
+async def test_an_invalid_jobs_events_round_trip_and_it_is_recorded_failed(tmp_path):
     store = SQLiteStore(tmp_path / "jobs.db")
     job = make_job(2, id="wrong", model="gpt-9")
+    assert await store.accept(job)  # submitted through the API, which cannot know the engine's models
     events = [e async for e in run_job(job, FakeEngine(), store=store)]
     assert [type(e) for e in events] == [ErrorEvent, FinalEvent]
     assert "gpt-9" in events[0].error and events[0].job_id == "wrong"
     assert events[1].outcome is Outcome.failed and events[1].summary.reason.startswith("invalid job")
     assert events[1].summary.total == 2
     round_trips(events)
-    assert await store.get_job("wrong") is None
+    record = await store.get_job("wrong")  # it ended: its readers see it end, a re-submit runs it again
+    assert record.status == JobStatus.failed and "gpt-9" in record.error
+    assert await store.done_ids("wrong") == {}  # nothing ran
     await store.close()
 
 

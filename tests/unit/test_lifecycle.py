@@ -92,6 +92,9 @@ async def test_a_failed_or_cancelled_job_is_dispatched_again(store, ended):
     rerun = await jobs.submit(job)
     assert (rerun.status, rerun.created, rerun.dispatched) == (JobStatus.queued, False, True)
     assert dispatcher.submitted == ["again", "again"]
+    # waiting to run again, so a reader who follows it now waits for the new run's final event
+    record = await jobs.get("again")
+    assert record.status == JobStatus.queued and record.summary.reason.startswith("submitted again")
 
 
 async def test_get_an_unknown_job_is_not_found(store):
