@@ -2,7 +2,7 @@
 
 Used by the API's RunPod dispatcher and the SDK's `runpod` backend. It works the same against
 api.runpod.ai and against `llm-jobs serve-runpod` (only the base URL changes). Every call has a
-timeout; 429, 5xx and connection errors are retried with bounded exponential backoff; the API
+timeout; 429, 502-504 and connection errors (`transient`) are retried with bounded backoff; the API
 key is sent as a bearer token and never logged. Job states are RunPod's: IN_QUEUE, IN_PROGRESS,
 COMPLETED, FAILED, CANCELLED, TIMED_OUT (the official SDK forgets CANCELLED in places; here every
 one of them ends a wait).
