@@ -18,6 +18,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import ValidationError
+from referencing import Registry
 
 from shared.contracts.errors import ErrorCode, InputError, Issue, ItemFailure
 from shared.contracts.models import Item, Job, JobOptions, Message, ResponseFormat, Sampling
@@ -60,11 +61,41 @@ _COMPLETION_KEYS = {"model", "prompt", "max_tokens", "n", "stream", "echo", "log
 _JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
+#: keywords whose value is a URI reference the validator (or xgrammar) would resolve
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+class RemoteRefError(SchemaError):
+    """A schema refers outside itself (`http://...`, `file:///...`, `other.json#...`): never fetched."""
+
+    def __init__(self, where: str, ref: Any):
+        super().__init__(f"only references inside the schema ('#...') are allowed, not {str(ref)[:200]!r}")
+        self.where = where  # after SchemaError's own __init__, which sets `path` to a deque
+
+
+def _refuse_remote_refs(node: Any, path: str = "") -> None:
+    """Every $ref must point inside the schema: a remote one would make the worker fetch a URL or read a
+    file when the job runs (SSRF). Iterative, so a deep schema cannot exhaust the stack."""
+    stack = [(node, path)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                at = f"{where}.{key}" if where else str(key)
+                if key in _REF_KEYWORDS and not (isinstance(child, str) and child.startswith("#")):
+                    raise RemoteRefError(at, child)
+                stack.append((child, at))
+        elif isinstance(value, list):
+            stack.extend((child, f"{where}.{i}") for i, child in enumerate(value))
+
+
 @lru_cache(maxsize=64)
 def _validator_for(schema_json: str) -> Draft202012Validator:
     schema = json.loads(schema_json)
+    _refuse_remote_refs(schema)
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    # an empty registry that retrieves nothing: jsonschema's default would fetch remote refs with urlopen
+    return Draft202012Validator(schema, registry=Registry())
 
 
 def _schema_of(fmt: ResponseFormat | None) -> tuple[dict[str, Any] | None, Draft202012Validator | None]:
@@ -73,6 +104,10 @@ def _schema_of(fmt: ResponseFormat | None) -> tuple[dict[str, Any] | None, Draft
         return None, None
     schema = fmt.json_schema.schema_ if fmt.json_schema else {"type": "object"}
     return (schema if fmt.type == "json_schema" else {}), _validator_for(json.dumps(schema, sort_keys=True))
+
+
+def _schema_field(base: str, e: SchemaError) -> str:
+    return f"{base}.{e.where}" if isinstance(e, RemoteRefError) else base
 
 
 class RequestBuilder:
@@ -96,7 +131,8 @@ class RequestBuilder:
         try:
             self.schema, self.validator = _schema_of(job.response_format)
         except SchemaError as e:
-            issues.append(Issue(f"not a valid JSON schema: {e.message}", field="response_format.json_schema.schema"))
+            issues.append(Issue(f"not a valid JSON schema: {e.message}",
+                                field=_schema_field("response_format.json_schema.schema", e)))
         if (job.sampling.max_tokens or 0) > limits.max_tokens_cap:
             issues.append(Issue(f"{job.sampling.max_tokens} is over the cap of {limits.max_tokens_cap}",
                                 field="sampling.max_tokens"))
@@ -219,7 +255,7 @@ class RequestBuilder:
                                   field="body.response_format") from e
             except SchemaError as e:
                 raise ItemFailure(ErrorCode.invalid_item, f"not a valid JSON schema: {e.message}",
-                                  field="body.response_format.json_schema.schema") from e
+                                  field=_schema_field("body.response_format.json_schema.schema", e)) from e
         plain = [{"role": m.role, "content": m.text()} for m in messages]
         self._check_length(plain, "body.messages")
         return Request(item.custom_id, tuple(plain), None, sampling, schema, validator)
