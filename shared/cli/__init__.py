@@ -6,8 +6,10 @@ import sys
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from handler.logs import quiet_spawned_process
+from shared.cli.common import EXIT_INVALID_INPUT, err
 from shared.cli.queue_cmds import queue_app, submit, watch, worker
 from shared.cli.read import results, status
 from shared.cli.run import run
@@ -48,7 +50,14 @@ app.add_typer(queue_app, name="queue")
 
 
 def main() -> None:
-    sys.exit(app())
+    try:
+        sys.exit(app())
+    except ValidationError as e:
+        if e.title != "Settings":
+            raise
+        # a setting that cannot work (pydantic-settings names it; the value is never shown)
+        err.print(f"[bold red]configuration error:[/] {e}")
+        sys.exit(EXIT_INVALID_INPUT)
 
 
 # vLLM's engine core is a spawned process, which imports the `llm-jobs` script, hence this module,

@@ -7,6 +7,7 @@ reads `os.environ`.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -19,7 +20,9 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 class Settings(BaseSettings):
     # Empty variables (as in .env.example) mean "use the default".
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=(), env_ignore_empty=True)
+    # Errors never echo a value: some are secrets (hide_input_in_errors).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=(), env_ignore_empty=True,
+                                      hide_input_in_errors=True)
 
     # ## The model and the engine
     #: HF repo id or local directory; empty uses the embedded SmolLM2-135M-Instruct (CPU demo model)
@@ -173,6 +176,18 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, v: str | None) -> str | None:
         return v.rstrip("/") if v else v
+
+    @field_validator("api_keys", mode="after")
+    @classmethod
+    def _key_entries(cls, v: SecretStr | None) -> SecretStr | None:
+        """The parsed key ring: blank entries dropped (no entries at all is no keys: `API_KEYS=', '` does
+        not pass for keys), and each `sha256:` entry must be 64 hex digits. The message never shows a key."""
+        entries = [e.strip() for e in (v.get_secret_value() if v else "").split(",") if e.strip()]
+        for n, entry in enumerate(entries, start=1):
+            if entry.startswith("sha256:") and not re.fullmatch(r"[0-9a-fA-F]{64}", entry.removeprefix("sha256:")):
+                raise ValueError(f"entry {n} starts with 'sha256:' but is not 64 hex digits (the SHA-256 digest of "
+                                 "the key, e.g. from: printf %s KEY | sha256sum)")
+        return SecretStr(",".join(entries)) if entries else None
 
 
 #: every field at its default, the environment unread: the one source of default values for code
