@@ -188,3 +188,23 @@ async def test_a_worker_that_lost_its_lease_stops_and_records_nothing(queue, red
     assert rec.status == JobStatus.running and rec.completed < 30  # left as the new owner will find it
     assert not any(isinstance(e.event, FinalEvent) for e in await queue.events("stolen", count=1000))
     await store.close()
+
+
+async def test_a_job_waiting_for_its_retry_can_be_cancelled_and_never_runs_again(queue, tmp_path):
+    from shared.contracts.settings import Settings
+    from shared.server.dispatch import QueueDispatcher
+    from shared.server.lifecycle import JobLifecycle
+
+    store = SQLiteStore(tmp_path / "jobs.db")
+    jobs = JobLifecycle(store, QueueDispatcher(queue), Settings(_env_file=None))
+    await jobs.submit(make_job(2, id="retrying"))
+    worker = make_worker(DyingEngine(), queue, store, store_retry_s=1)
+    await worker._process(await queue.reserve(worker.worker_id, 30))  # attempt 1 fails: a retry is pending
+    assert (await queue.stats())["retrying"] == 1
+
+    done = await jobs.cancel("retrying")
+    assert done.stopped_before_start and done.record.status == JobStatus.cancelled
+    assert await queue.is_cancelled("retrying") and (await queue.stats())["retrying"] == 0
+    await asyncio.sleep(0.5)  # past the test queue's retry backoff
+    assert await queue.reserve("another", 30) is None  # attempts 2 and 3 never run
+    await store.close()
