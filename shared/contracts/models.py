@@ -43,7 +43,8 @@ class Sampling(_Strict):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    #: a 64-bit seed: a larger one can kill the engine inside vLLM
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stop: list[str] | None = Field(default=None, max_length=16)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)

@@ -206,7 +206,8 @@ class RequestBuilder:
                 raise ItemFailure(ErrorCode.invalid_item, f"not supported for {item.url or 'chat'} lines",
                                   field=f"body.{key}")
         model = body.get("model")
-        if not self.any_model and self.served_models and model not in self.served_models:
+        # no model named: the served one, as vLLM's own OpenAI server does
+        if model is not None and not self.any_model and self.served_models and model not in self.served_models:
             raise ItemFailure(ErrorCode.model_not_found,
                               f"The model '{model}' does not exist here (serving: {sorted(self.served_models)}); "
                               "pass --model to map every line to the served model", field="body.model")
