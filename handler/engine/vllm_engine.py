@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from handler.engine.base import Completion
+from handler.engine.chat import ChatPrompts
 from handler.logs import engine_process_env, is_verbose
 from shared.contracts.errors import ConfigError, EngineDeadError, ErrorCode, ItemFailure
 from shared.contracts.prepare import Request
@@ -100,6 +101,8 @@ class VLLMEngine:
         self._llm = llm
         self._settings = settings
         self._tokenizer = llm.get_tokenizer()
+        #: the model's chat template, with the system role folded away where the template refuses it
+        self._chat = ChatPrompts(self._tokenizer)
         self.model_name = served
         self.served_models = frozenset({served, model_path, Path(model_path).name})
         cfg = llm.vllm_config
@@ -179,8 +182,7 @@ class VLLMEngine:
 
     def _prompt_ids(self, request: Request) -> list[int]:
         if request.messages is not None:
-            ids = self._tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
-                                                      tokenize=True, return_dict=False)
+            ids = self._chat.token_ids(request.messages)
         else:
             ids = self._tokenizer.encode(request.prompt)
         ids = list(ids)
