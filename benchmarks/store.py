@@ -4,15 +4,19 @@ Supabase backend (supabase-py -> the PostgREST test transport -> the same Postgr
     python -m benchmarks.store [--rows 20000] [--database-url URL]
 
 Without --database-url it starts a throwaway PostgreSQL cluster (testkit.pg, as the tests do). Chunks
-are written one after another, as the runner writes them.
+are written one after another, as the runner writes them. A last run has two writers on one job at
+once (a redelivery: overlapping chunks, each in its own order) and counts the deadlocks they hit,
+which the stores' fixed write order (by custom_id) keeps at zero.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import time
 
+from shared.contracts.errors import StoreUnavailable
 from shared.contracts.models import Job, Result, ResultStatus, Usage
 from shared.stores.postgres import PostgresStore
 from shared.stores.supabase import SupabaseStore
@@ -34,6 +38,35 @@ async def measure(store, job_id: str, rows: int, chunk: int) -> float:
     for c in chunks:
         await store.write(job_id, c)
     return rows / (time.perf_counter() - started)
+
+
+async def redelivery(stores, job_id: str, writes: int, chunk: int) -> tuple[int, float]:
+    """Two writers, `writes` chunks in all, overlapping windows of one job's ids, each shuffled its
+    own way: (deadlocks hit, seconds)."""
+    await stores[0].begin(Job(id=job_id, items=[]))
+    ids = chunk * 3
+    deadlocks = 0
+
+    async def writer(n: int) -> None:
+        nonlocal deadlocks
+        rng = random.Random(n)
+        for k in range(writes // 2):
+            rows = results((k * 7) % (ids - chunk), chunk)
+            rng.shuffle(rows)
+            for _ in range(100):  # the runner retries a deadlock (StoreUnavailable) the same way
+                try:
+                    await stores[n].write(job_id, rows)
+                    break
+                except StoreUnavailable as e:
+                    if "deadlock" not in str(e).lower() and "40P01" not in str(e):
+                        raise
+                    deadlocks += 1
+            else:
+                raise RuntimeError("a chunk deadlocked 100 times in a row")
+
+    started = time.perf_counter()
+    await asyncio.gather(writer(0), writer(1))
+    return deadlocks, time.perf_counter() - started
 
 
 async def main() -> None:
@@ -62,6 +95,21 @@ async def main() -> None:
             await sb.close()
             await transport.aclose()
             print(f"{'supabase (supabase-py, test transport)':<40}{chunk:>7}{rate:>10.0f}")
+        print("\ntwo writers on one job at once (a redelivery), 90 writes of 80 overlapping rows")
+        print(f"{'backend':<40}{'deadlocks':>10}{'seconds':>9}")
+        stores = [PostgresStore(url, timeout_s=30, pool_size=2) for _ in range(2)]
+        found, took = await redelivery(stores, "bench-pg-redelivery", 90, 80)
+        for st in stores:
+            await st.close()
+        print(f"{'postgres (psycopg pool)':<40}{found:>10}{took:>9.2f}")
+        transport = PostgrestTransport(url, SERVICE_KEY)
+        stores = [SupabaseStore("http://supabase.test", SERVICE_KEY, transport=transport, timeout_s=30)
+                  for _ in range(2)]
+        found, took = await redelivery(stores, "bench-sb-redelivery", 90, 80)
+        for st in stores:
+            await st.close()
+        await transport.aclose()
+        print(f"{'supabase (supabase-py, test transport)':<40}{found:>10}{took:>9.2f}")
     finally:
         if cluster is not None:
             cluster.destroy()

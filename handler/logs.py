@@ -7,7 +7,8 @@ rich, fastapi or vLLM.
 Unless LOG_LEVEL=DEBUG (the CLI's `-v`), output is quiet: third-party loggers speak from WARNING
 (vLLM from VLLM_LOGGING_LEVEL), Python warnings (torch's FutureWarnings) are dropped, and the engine
 process is started quiet too (see `engine_process_env`). With LOG_LEVEL=DEBUG our own loggers speak
-from DEBUG, third-party ones from INFO, vLLM from INFO at least, and warnings are logged.
+from DEBUG, third-party ones from INFO, vLLM from INFO at least, and warnings are logged. The HTTP clients
+(httpx, httpcore) always speak from WARNING: their INFO lines carry request URLs, which may carry tokens.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from shared.contracts.settings import Settings, get_settings
 
 #: libraries that log at INFO about things a user cannot act on (httpx: one line per HTTP request)
 THIRD_PARTY = ("torch", "transformers", "huggingface_hub", "httpx", "httpcore", "filelock", "urllib3", "asyncio")
+#: HTTP clients that log every request's URL at INFO ("HTTP Request: POST <url> ..."); a URL may carry a
+#: token, so these speak from WARNING even when verbose
+HTTP_CLIENTS = ("httpx", "httpcore")
 #: the plain format of worker logs (RunPod and Modal add their own timestamps)
 PLAIN_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -46,12 +50,22 @@ def setup_logging(settings: Settings, handler: logging.Handler | None = None) ->
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    quiet_http_clients()
     # vLLM logs while it is imported, before it configures its own logger (VLLM_LOGGING_LEVEL);
     # until then its records reach our handler ("Triton is installed, but ...")
     logging.getLogger("vllm").setLevel(vllm_log_level(settings))
     # Python warnings become records of the `py.warnings` logger: shown when verbose, dropped otherwise
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
+def quiet_http_clients() -> None:
+    """httpx and httpcore from WARNING, whatever else is set (the API server calls this too, so an app mounted
+    by Modal or run by a bare uvicorn never logs request URLs)."""
+    for name in HTTP_CLIENTS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 def engine_process_env(settings: Settings) -> dict[str, str]:

@@ -11,6 +11,11 @@ as done; a chunk is durable in the store before it is yielded (writes retry with
 backoff, then the job fails with the reason and a re-run resumes); the outcome is recorded by
 `record_outcome`, shielded from cancellation.
 
+Preparing requests runs in a thread, once per process, before any engine work: the job's builder,
+then every item's request not built by validation already (templates, limits). It is CPU work
+that grows with the job and its templates, and the event loop it would block also carries the
+queue worker's heartbeats (docs/architecture.md, "Leases").
+
 A caller stops a run with a `StopSignal`: `completed`, `failed`, `cancelled` or `stopped` comes
 back as the final event's `outcome`, never as a job status to interpret.
 """
@@ -33,6 +38,10 @@ from shared.contracts.settings import DEFAULTS
 from shared.stores.base import Store, record_outcome, retrying
 
 log = logging.getLogger(__name__)
+
+
+#: an item's request, or why it could not be built
+Built = Request | Exception
 
 
 class _Dead:
@@ -76,10 +85,28 @@ async def _on_stop(stop: StopSignal, queue: asyncio.Queue[Result | _Dead | _Stop
     queue.put_nowait(_Stop())
 
 
-async def _run_item(engine: Engine, builder: RequestBuilder, built: dict[str, Request], item: Item) -> Result:
+def _build_all(builder: RequestBuilder, built: dict[str, Request], items: list[Item]) -> dict[str, Built]:
+    """Every item's request, from the builder's cache where validation built it already; an item
+    that cannot be built keeps its exception, raised when it runs (it becomes that item's result)."""
+    out: dict[str, Built] = {}
+    for item in items:
+        request = built.get(item.custom_id)
+        if request is None:
+            try:
+                request = builder.build(item)
+            except Exception as e:  # raised again by _run_item, where it is handled
+                out[item.custom_id] = e
+                continue
+        out[item.custom_id] = request
+    return out
+
+
+async def _run_item(engine: Engine, builder: RequestBuilder, built: dict[str, Built], item: Item) -> Result:
     started = time.perf_counter()
     try:
         request = built.pop(item.custom_id, None) or builder.build(item)
+        if isinstance(request, Exception):
+            raise request
         out = await engine.complete(request)
         usage = Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
                       total_tokens=out.prompt_tokens + out.completion_tokens)
@@ -96,7 +123,7 @@ async def _run_item(engine: Engine, builder: RequestBuilder, built: dict[str, Re
                               latency_ms=round((time.perf_counter() - started) * 1000, 1))
 
 
-async def _worker(engine: Engine, builder: RequestBuilder, built: dict[str, Request], items: Iterator[Item],
+async def _worker(engine: Engine, builder: RequestBuilder, built: dict[str, Built], items: Iterator[Item],
                   out: asyncio.Queue[Result | _Dead | _Stop]) -> None:
     for item in items:  # the iterator is shared: each worker takes the next item
         try:
@@ -137,8 +164,8 @@ async def run_job(
     """
     size = job.chunk_size or chunk_size
     interval = job.chunk_interval_s or chunk_interval_s
-    try:
-        builder, built = builder_for(job, limits, engine.served_models, any_model=any_model)
+    try:  # CPU work that grows with the job: in a thread, so the event loop (heartbeats) never starves
+        builder, built = await asyncio.to_thread(builder_for, job, limits, engine.served_models, any_model=any_model)
     except InputError as e:  # a job no engine here can run: say why, run nothing, record it failed
         final = FinalEvent.failed(job.id, f"invalid job: {e}", total=job.total)
         await _finish(store, job.id, final.outcome, final.summary, store_retry_s)
@@ -159,12 +186,13 @@ async def run_job(
     skipped_ok = sum(s == ResultStatus.ok for s in done.values())
     tracker = ProgressTracker(job.total, skipped_ok=skipped_ok, skipped_failed=len(done) - skipped_ok, clock=clock)
     todo = [i for i in job.items if i.custom_id not in done]
+    requests = await asyncio.to_thread(_build_all, builder, built, todo)  # every request, once, off the loop
 
     queue: asyncio.Queue[Result | _Dead | _Stop] = asyncio.Queue()
     buffer: list[Result] = [Result.failure(r.custom_id, r.code, r.describe())
                             for r in job.rejected if r.custom_id not in done]
     items = iter(todo)
-    workers = [asyncio.create_task(_worker(engine, builder, built, items, queue), name=f"{job.id}-w{i}")
+    workers = [asyncio.create_task(_worker(engine, builder, requests, items, queue), name=f"{job.id}-w{i}")
                for i in range(min(engine.capacity, len(todo)))]
     stopper = asyncio.create_task(_on_stop(stop, queue)) if stop is not None else None
     seq = 0

@@ -5,7 +5,9 @@
 - `drain=True` returns once the queue is empty and no job is running (Cron, scheduled runs);
   otherwise it polls with backoff (no blocking Redis commands over REST).
 - Each job's events go to its Redis stream as they are produced.
-- A job's lease is extended every third of LEASE_S; a lost lease stops the job.
+- A job's lease is extended every third of LEASE_S; a lost lease stops the job. The heartbeat
+  never starves: CPU work that grows with a job (parsing it, building its requests) runs in
+  threads (JobQueue.reserve, run_job), never on this event loop.
 - A cancelled job stops at its next chunk and is acked; a failed job is nacked (retried with
   backoff, then dead-lettered); a job no engine here can run is dead-lettered at once. An engine
   that is really dead stops the worker.

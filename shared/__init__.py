@@ -19,7 +19,8 @@ _EXPORTS = {
     **dict.fromkeys(["ApiError", "AuthError", "ConfigError", "EngineDeadError", "EngineError", "ErrorCode",
                      "InputError", "Issue", "JobFailed", "LLMJobsError", "NotFound", "RateLimited"],
                     "shared.contracts.errors"),
-    **dict.fromkeys(["ChunkEvent", "ErrorEvent", "Event", "FinalEvent", "Outcome", "ProgressEvent"],
+    **dict.fromkeys(["ChunkEvent", "ErrorEvent", "Event", "FinalEvent", "GapEvent", "Outcome",
+                     "ProgressEvent"],
                     "shared.contracts.events"),
     **dict.fromkeys(["Item", "Job", "JobOptions", "JobStatus", "Progress", "Rejection", "ResponseFormat", "Result",
                      "ResultStatus", "Sampling", "Summary", "Usage"], "shared.contracts.models"),
@@ -42,6 +43,7 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "FinalEvent",
+    "GapEvent",
     "InputError",
     "Issue",
     "Item",
@@ -98,7 +100,7 @@ if TYPE_CHECKING:
         NotFound,
         RateLimited,
     )
-    from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome, ProgressEvent
+    from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, GapEvent, Outcome, ProgressEvent
     from shared.contracts.inputs import parse_job, parse_job_text
     from shared.contracts.models import (
         Item,

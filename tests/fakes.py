@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from handler.engine.base import Completion
 from shared.contracts.errors import EngineDeadError, ErrorCode, ItemFailure
-from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome, ProgressEvent
+from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, GapEvent, Outcome, ProgressEvent
 from shared.contracts.models import ItemError, JobStatus, Progress, Result, ResultStatus, Summary, Usage
 from shared.contracts.prepare import Request
 from shared.server.events import MemoryEvents
@@ -40,6 +40,7 @@ def sample_events(job_id: str) -> list[Event]:
         ChunkEvent(job_id=job_id, seq=1, results=[ok, bad], progress=progress),
         ProgressEvent.of(job_id, JobStatus.running, total=3, completed=2, failed=1),
         ErrorEvent(job_id=job_id, error="invalid job: field 'sampling.temperature': too hot"),
+        GapEvent(job_id=job_id, missed_after="1700000000000-0", reason="trimmed"),
         FinalEvent(job_id=job_id, outcome=Outcome.completed, summary=summary),
     ]
 

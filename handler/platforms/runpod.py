@@ -62,6 +62,7 @@ class RunpodHandler:
             yield {"error": f"invalid input: {e}"}
             return
         log.info("runpod job=%s running %d item(s) as job %s", rp_job.get("id"), job.total, job.id)
+        await self._keep_request_id(job.id, rp_job.get("id"))
         if is_worker_vllm(payload):
             async for out in self._worker_vllm(job):
                 yield out
@@ -70,6 +71,16 @@ class RunpodHandler:
             yield event.model_dump(mode="json")
             if isinstance(event, FinalEvent) and event.outcome is Outcome.failed:
                 yield {"error": f"job {job.id} failed: {event.summary.reason or 'failed'}"}
+
+    async def _keep_request_id(self, job_id: str, request_id: Any) -> None:
+        """Our job id -> RunPod's request id, in the store, so `/cancel` reaches this run from any API
+        replica, even one whose own `/run` lost its answer (shared/server/dispatch.py)."""
+        if not isinstance(request_id, str) or not request_id or request_id == job_id:
+            return
+        try:
+            await self.service.store.set_dispatch_ref(job_id, request_id)
+        except Exception as e:  # best effort: the job runs and stores its results all the same
+            log.warning("runpod job=%s could not keep its request id: %s", request_id, type(e).__name__)
 
     async def _worker_vllm(self, job) -> AsyncIterator[dict[str, Any]]:
         result: Result | None = None

@@ -4,6 +4,7 @@
     progress   the job's counters, read from the store             (the API, when no runner events reach it)
     error      a job-level problem found before anything ran       (a platform handler: invalid input)
     final      the outcome, with a summary that is never missing   (the runner, or the store once a job ended)
+    gap        events this reader missed were dropped              (a capped event source: re-read results)
 
 A stream of a job's events always ends with exactly one `final`. The outcome is what a reader acts
 on; a job's status (JobStatus) is what the store shows, never a control signal.
@@ -95,7 +96,24 @@ class FinalEvent(BaseModel):
         return cls(job_id=job_id, outcome=Outcome.failed, summary=Summary.empty(total, reason))
 
 
-Event = Annotated[ChunkEvent | ProgressEvent | ErrorEvent | FinalEvent, Field(discriminator="type")]
+#: what a `gap` event says when its source gives no reason of its own
+GAP_REASON = ("events were dropped before this reader got them (the stream keeps only its last EVENTS_MAXLEN); "
+              "every result is stored: re-read results from the store (GET /v1/jobs/{id}/results)")
+
+
+class GapEvent(BaseModel):
+    """Events after `missed_after` were dropped before this reader got them (a capped stream trimmed
+    them). Nothing is lost: every result is stored before its event exists, so a reader that keeps
+    results re-reads them from the store. The events that follow come after the gap."""
+
+    type: Literal["gap"] = "gap"
+    job_id: str
+    #: the last event id the reader had; None: it read from the start
+    missed_after: str | None = None
+    reason: str = GAP_REASON
+
+
+Event = Annotated[ChunkEvent | ProgressEvent | ErrorEvent | FinalEvent | GapEvent, Field(discriminator="type")]
 
 _EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 

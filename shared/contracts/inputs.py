@@ -9,11 +9,16 @@ Job-level problems raise InputError and nothing runs. A bad item becomes a Rejec
 job (an error result when the job runs) unless `strict` is set, when it raises too. A Job
 document (the wire format) may carry the `rejected` items of an earlier validation: they stay
 rejected.
+
+JSON is read by `shared/contracts/jsontext.py`: bytes that are not UTF-8, JSON nested too deep and
+syntax errors are issues naming the line. A document that cannot be decoded is refused whole; a
+JSONL line that cannot is a bad item. With `timeout_s`, validation that runs longer is refused
+(the API's time budget); the item templates' own budgets are in `shared/contracts/sandbox.py`.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
@@ -21,8 +26,18 @@ from typing import Any, TypedDict, Unpack
 from pydantic import ValidationError
 
 from shared.contracts.errors import InputError, Issue, ItemFailure
+from shared.contracts.jsontext import JsonProblem, decode_utf8, loads_document, loads_line
 from shared.contracts.models import Item, Job, JobOptions, Rejection
-from shared.contracts.prepare import Limits, Request, RequestBuilder
+from shared.contracts.prepare import (
+    Limits,
+    Request,
+    RequestBuilder,
+    SchemaTooBig,
+    TemplateRefused,
+    check_schema_size,
+    schema_field,
+    schema_problem,
+)
 
 
 def _issues(e: ValidationError, *, index: int | None = None, line: int | None = None) -> list[Issue]:
@@ -40,16 +55,20 @@ def _read_jsonl(text: str) -> list[tuple[int, Any]]:
         if not raw.strip():
             continue
         try:
-            rows.append((n, json.loads(raw)))
-        except json.JSONDecodeError as e:
-            rows.append((n, Issue(f"not valid JSON: {e.msg} (column {e.colno})", line=n)))
+            rows.append((n, loads_line(raw, n)))
+        except JsonProblem as e:
+            rows.append((n, e.issue))
     return rows
 
 
 def _is_job_document(text: str) -> dict[str, Any] | None:
+    """The text as a Job document, or None for JSONL. JSON nested too deep inside a document (in its
+    `items`, or past its first line, which a JSONL row cannot be) refuses it, naming the line."""
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
+        doc = loads_document(text)
+    except JsonProblem as e:
+        if "nested deeper" in e.issue.message and (e.key == "items" or (e.issue.line or 1) > 1):
+            raise InputError([e.issue]) from None
         return None
     return doc if isinstance(doc, dict) and "items" in doc else None
 
@@ -61,16 +80,18 @@ class Checks(TypedDict, total=False):
     served_models: frozenset[str]
     any_model: bool
     strict: bool
+    #: seconds validation may take; past them InputError (the API's budget). None: no limit
+    timeout_s: float | None
 
 
 def parse_job(source: str | Path, *, options: dict[str, Any] | None = None, **checks: Unpack[Checks]) -> Job:
     """Parse and validate a job file. `options` (CLI flags) override the file's job options."""
     path = Path(source)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        raw = path.read_bytes()
+    except OSError as e:
         raise InputError([Issue(f"cannot read {path}: {e}")]) from e
-    return parse_job_text(text, options=options, **checks)
+    return parse_job_text(decode_utf8(raw), options=options, **checks)
 
 
 def parse_job_text(text: str, *, options: dict[str, Any] | None = None, **checks: Unpack[Checks]) -> Job:
@@ -108,8 +129,11 @@ def _parse_rows(
     served_models: frozenset[str] = frozenset(),
     any_model: bool = False,
     strict: bool = False,
+    timeout_s: float | None = None,
     rejected: list[Rejection] | None = None,
 ) -> Job:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    _check_schema_first(opts, limits)
     try:
         job_opts = JobOptions.model_validate(opts)
     except ValidationError as e:
@@ -128,6 +152,9 @@ def _parse_rows(
     seen: dict[str, str] = {r.custom_id: f"rejected item {r.index}" for r in earlier}
     dupes: list[Issue] = []
     for index, (line, value) in enumerate(rows):
+        if deadline is not None and index % 32 == 0 and time.monotonic() > deadline:
+            raise InputError([Issue(f"validation took over {timeout_s:g} s (it had checked {index} of {len(rows)} "
+                                    "items): split the job into smaller ones", field="items")])
         custom_id = f"item-{index}"
         if isinstance(value, dict) and isinstance(value.get("custom_id"), str) and value["custom_id"]:
             custom_id = value["custom_id"]
@@ -156,6 +183,19 @@ def _parse_rows(
     return job
 
 
+def _check_schema_first(opts: dict[str, Any], limits: Limits) -> None:
+    """A schema over its caps is refused before pydantic copies it (one long C call for 100k properties)."""
+    fmt = opts.get("response_format")
+    spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if isinstance(schema, dict | list):
+        try:
+            check_schema_size(schema, limits)
+        except SchemaTooBig as e:
+            raise InputError([Issue(schema_problem(e), field=schema_field("response_format.json_schema.schema", e))]
+                             ) from None
+
+
 def _check_item(value: Any, builder: RequestBuilder, index: int, line: int | None) -> tuple[Item, Request] | Issue:
     if isinstance(value, Issue):
         return replace(value, index=index)
@@ -168,6 +208,8 @@ def _check_item(value: Any, builder: RequestBuilder, index: int, line: int | Non
 
     try:
         return item, builder.build(item)
+    except TemplateRefused as f:
+        raise InputError([Issue(f.detail, field=f.field, index=index, line=line, code=f.code)]) from None
     except ItemFailure as f:
         return Issue(f.detail, field=f.field, index=index, line=line, code=f.code)
 

@@ -4,6 +4,10 @@ Validation at the edge builds every item's request, so every error is reported b
 engine work. The requests it built ride along with the Job in memory (`prepared`), so a runner
 in the same process builds each request once; a job read from a queue or a platform's input is
 built once by the process that runs it.
+
+Templates render in a bounded sandbox (`shared/contracts/sandbox.py`): a template that loops or
+grows strings past its budget fails its item, like any other template error. A response_format
+schema is checked against a size and a depth cap before it is compiled.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import SecurityError
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import ValidationError
@@ -22,7 +26,17 @@ from referencing import Registry
 
 from shared.contracts.errors import ErrorCode, InputError, Issue, ItemFailure
 from shared.contracts.models import Item, Job, JobOptions, Message, ResponseFormat, Sampling
+from shared.contracts.sandbox import BoundedEnvironment, OutputTooLong, render
 from shared.contracts.settings import DEFAULTS, Settings
+
+
+class TemplateRefused(ItemFailure):
+    """The template broke the sandbox or its budget. That is the job's fault, not the item's: validation
+    refuses the whole job (422, field `template`), with `strict=false` too. A worker that builds a job
+    it was handed still fails only the item."""
+
+    def __init__(self, message: str):
+        super().__init__(ErrorCode.invalid_item, message, field="template")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +45,14 @@ class Limits:
     max_prompt_chars: int = DEFAULTS.max_prompt_chars
     default_max_tokens: int = DEFAULTS.default_max_tokens
     max_tokens_cap: int = DEFAULTS.max_tokens_cap
+    template_max_steps: int = DEFAULTS.template_max_steps
+    schema_max_bytes: int = DEFAULTS.schema_max_bytes
+    schema_max_depth: int = DEFAULTS.schema_max_depth
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:
-        return cls(s.max_items_per_job, s.max_prompt_chars, s.default_max_tokens, s.max_tokens_cap)
+        return cls(s.max_items_per_job, s.max_prompt_chars, s.default_max_tokens, s.max_tokens_cap,
+                   s.template_max_steps, s.schema_max_bytes, s.schema_max_depth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +76,7 @@ _CHAT_KEYS = {"model", "messages", "max_tokens", "max_completion_tokens", "respo
 _COMPLETION_KEYS = {"model", "prompt", "max_tokens", "n", "stream", "echo", "logprobs", *_SAMPLING_KEYS,
                     *_IGNORED_KEYS}
 
-_JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_JINJA = BoundedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 #: keywords whose value is a URI reference the validator (or xgrammar) would resolve
@@ -71,6 +89,38 @@ class RemoteRefError(SchemaError):
     def __init__(self, where: str, ref: Any):
         super().__init__(f"only references inside the schema ('#...') are allowed, not {str(ref)[:200]!r}")
         self.where = where  # after SchemaError's own __init__, which sets `path` to a deque
+
+
+class SchemaTooBig(SchemaError):
+    """A schema over the size or depth cap: refused before it is compiled (checking a 4.6 MB schema took 50 s)."""
+
+    def __init__(self, message: str, where: str = ""):
+        super().__init__(message)
+        self.where = where
+
+
+def check_schema_size(schema: Any, limits: Limits) -> None:
+    """Refuse a schema whose compact JSON would pass `max_bytes`, or that nests deeper than `max_depth`.
+    Iterative, and stops at the first cap passed: the work is bounded by the caps, not by the schema."""
+    max_bytes, max_depth = limits.schema_max_bytes, limits.schema_max_depth
+    size, stack = 0, [(schema, 1, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > max_depth:
+                raise SchemaTooBig(f"the schema nests deeper than {max_depth} levels", where)
+            size += 2 + max(len(value) - 1, 0)
+            pairs = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, child in pairs:
+                if isinstance(key, str):
+                    size += len(key) + 3
+                stack.append((child, depth + 1, f"{where}.{key}" if where else str(key)))
+        elif isinstance(value, str):
+            size += len(value) + 2
+        else:  # a number, true, false or null
+            size += len(str(value)) if isinstance(value, int | float) else 5
+        if size > max_bytes:
+            raise SchemaTooBig(f"the schema is over {max_bytes} bytes of JSON")
 
 
 def _refuse_remote_refs(node: Any, path: str = "") -> None:
@@ -98,16 +148,23 @@ def _validator_for(schema_json: str) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=Registry())
 
 
-def _schema_of(fmt: ResponseFormat | None) -> tuple[dict[str, Any] | None, Draft202012Validator | None]:
+def _schema_of(fmt: ResponseFormat | None, limits: Limits
+               ) -> tuple[dict[str, Any] | None, Draft202012Validator | None]:
     """(schema, validator) for a response_format; raises SchemaError for a bad schema."""
     if fmt is None or fmt.type == "text":
         return None, None
     schema = fmt.json_schema.schema_ if fmt.json_schema else {"type": "object"}
+    check_schema_size(schema, limits)
     return (schema if fmt.type == "json_schema" else {}), _validator_for(json.dumps(schema, sort_keys=True))
 
 
-def _schema_field(base: str, e: SchemaError) -> str:
-    return f"{base}.{e.where}" if isinstance(e, RemoteRefError) else base
+def schema_problem(e: SchemaError) -> str:
+    return e.message if isinstance(e, SchemaTooBig) else f"not a valid JSON schema: {e.message}"
+
+
+def schema_field(base: str, e: SchemaError) -> str:
+    where = getattr(e, "where", "") if isinstance(e, RemoteRefError | SchemaTooBig) else ""
+    return f"{base}.{where}" if where else base
 
 
 class RequestBuilder:
@@ -129,10 +186,10 @@ class RequestBuilder:
                 issues.append(Issue(f"template syntax error on template line {e.lineno}: {e.message}",
                                     field="template"))
         try:
-            self.schema, self.validator = _schema_of(job.response_format)
+            self.schema, self.validator = _schema_of(job.response_format, limits)
         except SchemaError as e:
-            issues.append(Issue(f"not a valid JSON schema: {e.message}",
-                                field=_schema_field("response_format.json_schema.schema", e)))
+            issues.append(Issue(schema_problem(e),
+                                field=schema_field("response_format.json_schema.schema", e)))
         if (job.sampling.max_tokens or 0) > limits.max_tokens_cap:
             issues.append(Issue(f"{job.sampling.max_tokens} is over the cap of {limits.max_tokens_cap}",
                                 field="sampling.max_tokens"))
@@ -160,7 +217,7 @@ class RequestBuilder:
             messages = self._with_system([{"role": m.role, "content": m.text()} for m in item.messages])
         else:
             messages = self._with_system([{"role": "user", "content": self._render(item)}])
-        self._check_length(messages, "prompt" if item.prompt is not None else "messages")
+        self._check_length(messages, "prompt" if item.prompt is not None else "messages", sampling)
         return Request(item.custom_id, tuple(messages), None, sampling, self.schema, self.validator)
 
     def _render(self, item: Item) -> str:
@@ -168,24 +225,35 @@ class RequestBuilder:
             raise ItemFailure(ErrorCode.invalid_item, "the item has 'fields' but the job has no 'template'",
                               field="fields")
         try:
-            return self.template.render(**(item.fields or {}), item={"custom_id": item.custom_id,
-                                                                      "fields": item.fields})
+            return render(self.template, max_chars=self.limits.max_prompt_chars,
+                          max_steps=self.limits.template_max_steps,
+                          **(item.fields or {}), item={"custom_id": item.custom_id, "fields": item.fields})
         except jinja2.UndefinedError as e:
             raise ItemFailure(ErrorCode.invalid_item, f"template needs a value the item lacks: {e.message}",
                               field="fields") from e
+        except OutputTooLong as e:  # the item's data can do this alone
+            raise ItemFailure(ErrorCode.invalid_item, str(e), field="fields") from e
+        except SecurityError as e:  # over its budget, or reaching for Python's internals
+            raise TemplateRefused(f"the template was stopped: {e}") from e
         except jinja2.TemplateError as e:
             raise ItemFailure(ErrorCode.invalid_item, f"template failed: {e}", field="fields") from e
+        except Exception as e:  # the template is user code: whatever it raises (1 // 0, a huge int) fails the item
+            raise ItemFailure(ErrorCode.invalid_item, f"template failed: {type(e).__name__}: {e}",
+                              field="fields") from e
 
     def _with_system(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         if self.job.system and messages[0]["role"] != "system":
             return [{"role": "system", "content": self.job.system}, *messages]
         return messages
 
-    def _check_length(self, messages: list[dict[str, str]] | str, field: str) -> None:
+    def _check_length(self, messages: list[dict[str, str]] | str, field: str, sampling: Sampling) -> None:
+        """The prompt and the stop strings together (the engine holds both) within max_prompt_chars."""
         n = len(messages) if isinstance(messages, str) else sum(len(m["content"]) for m in messages)
-        if n > self.limits.max_prompt_chars:
-            raise ItemFailure(ErrorCode.invalid_item,
-                              f"{n} characters is over the limit of {self.limits.max_prompt_chars}", field=field)
+        stops = sum(len(s) for s in sampling.stop or ())
+        if n + stops > self.limits.max_prompt_chars:
+            with_stops = f" ({stops} of them in stop strings)" if stops else ""
+            raise ItemFailure(ErrorCode.invalid_item, f"{n + stops} characters{with_stops} is over the limit of "
+                              f"{self.limits.max_prompt_chars}", field=field)
 
     def _sampling(self, override: Sampling | None, field: str) -> Sampling:
         s = override.over(self.base) if override else self.base
@@ -235,7 +303,7 @@ class RequestBuilder:
         if not isinstance(prompt, str):
             raise ItemFailure(ErrorCode.invalid_item, "must be a string (or a list of one string)",
                               field="body.prompt")
-        self._check_length(prompt, "body.prompt")
+        self._check_length(prompt, "body.prompt", sampling)
         return Request(item.custom_id, None, prompt, sampling)
 
     def _chat_body(self, item: Item, body: dict[str, Any], sampling: Sampling) -> Request:
@@ -250,15 +318,15 @@ class RequestBuilder:
         schema, validator = self.schema, self.validator
         if body.get("response_format") is not None:
             try:
-                schema, validator = _schema_of(ResponseFormat.model_validate(body["response_format"]))
+                schema, validator = _schema_of(ResponseFormat.model_validate(body["response_format"]), self.limits)
             except ValidationError as e:
                 raise ItemFailure(ErrorCode.invalid_item, e.errors()[0]["msg"],
                                   field="body.response_format") from e
             except SchemaError as e:
-                raise ItemFailure(ErrorCode.invalid_item, f"not a valid JSON schema: {e.message}",
-                                  field=_schema_field("body.response_format.json_schema.schema", e)) from e
+                raise ItemFailure(ErrorCode.invalid_item, schema_problem(e),
+                                  field=schema_field("body.response_format.json_schema.schema", e)) from e
         plain = [{"role": m.role, "content": m.text()} for m in messages]
-        self._check_length(plain, "body.messages")
+        self._check_length(plain, "body.messages", sampling)
         return Request(item.custom_id, tuple(plain), None, sampling, schema, validator)
 
 

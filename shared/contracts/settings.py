@@ -74,8 +74,14 @@ class Settings(BaseSettings):
     #: requests in flight per engine; empty is 2 x the engine's max_num_seqs
     max_concurrency: int | None = Field(default=None, ge=1)
     max_items_per_job: int = Field(default=100_000, ge=1)
-    #: characters in one rendered prompt (all messages together)
+    #: characters in one rendered prompt (all messages and stop strings together); also caps what a template
+    #: may build (its output and every string or list it makes on the way)
     max_prompt_chars: int = Field(default=200_000, ge=1)
+    #: loop iterations and calls one template render may make before the item fails
+    template_max_steps: int = Field(default=100_000, ge=1)
+    #: bytes of a response_format JSON schema (compact JSON), and how deep it may nest
+    schema_max_bytes: int = Field(default=64 * 1024, ge=256)
+    schema_max_depth: int = Field(default=32, ge=2)
     #: max_tokens used when a job or item sets none (never vLLM's 16)
     default_max_tokens: int = Field(default=512, ge=1)
     #: the largest max_tokens a job or item may ask for
@@ -137,8 +143,16 @@ class Settings(BaseSettings):
     sse_ping_s: float = Field(default=15, gt=0)
     #: seconds between looks for new events while a stream is open
     sse_poll_s: float = Field(default=0.5, gt=0)
+    #: event streams one API key may hold open at once (in each API process); more get 429. 0 turns it off
+    sse_max_streams_per_key: int = Field(default=16, ge=0)
+    #: seconds /readyz reuses its last look at the store and the dispatcher (probes in a flood share one); 0: none
+    readyz_cache_s: float = Field(default=2.0, ge=0)
     #: what your deployment does, for the `estimated_time_s` a submit answers
     estimate_items_per_s: float = Field(default=5.0, gt=0)
+    #: seconds the API may spend validating one submitted job (off the event loop) before it refuses it
+    validation_timeout_s: float = Field(default=10, gt=0)
+    #: submitted jobs validated at once; more wait their turn
+    validation_concurrency: int = Field(default=2, ge=1)
 
     # ## The SDK and CLI as clients of a deployed API
     #: the API's base URL, e.g. https://jobs.example.com (the SDK's and `submit --backend http`'s default)

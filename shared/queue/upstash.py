@@ -3,21 +3,25 @@
 Keys, under `QUEUE_PREFIX`:
     q:high, q:default   lists of job ids (LPUSH in, RPOP out: FIFO; high drains first)
     job:<id>            the job document (TTL JOB_TTL_S; its existence makes enqueue idempotent)
-    meta:<id>           hash: priority, attempts, state, worker, last_error
+    meta:<id>           hash: priority, attempts, state, worker, token (the lease's), last_error
     processing          zset: id -> lease deadline (ms, Redis server time)
     delayed             zset: id -> when a retry may run (ms)
     dead                list of ids that used up MAX_ATTEMPTS (meta keeps the last error)
     cancel:<id>         a flag a running worker checks at every chunk
-    events:<id>         a capped stream of the job's events (XADD MAXLEN ~), TTL after the end
+    events:<id>         a capped stream of the job's events (EVENTS_MAXLEN), TTL refreshed at each write
+    trim:<id>           the last event id trimmed from that stream: a reader behind it gets a `gap`
 
 Every state change is one Lua script, so it is atomic, and uses Redis' clock, so workers'
-clocks do not matter. Every call is bounded by QUEUE_TIMEOUT_S.
+clocks do not matter. Each reservation gets its own lease token: extend, ack and nack check it, so
+a lease that expired and was reserved again (even by the same worker) is dead to its old holder.
+Every call is bounded by QUEUE_TIMEOUT_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +29,7 @@ from upstash_redis.asyncio import Redis
 from upstash_redis.errors import UpstashError
 
 from shared.contracts.errors import QueueError, QueueUnavailable
-from shared.contracts.events import Event, FinalEvent, parse_event
+from shared.contracts.events import Event, GapEvent, parse_event
 from shared.contracts.models import Job
 from shared.contracts.settings import DEFAULTS, Settings
 
@@ -48,14 +52,14 @@ return 0
 # A job the queue knows but no longer holds (cancelled, dead-lettered, done): queue it again with a
 # fresh attempt count, its cancel flag and its old events gone. One still queued, running or
 # waiting out a retry is left alone.
-# KEYS: job, meta, queue, cancel, dead, events   ARGV: doc, ttl, id, priority
+# KEYS: job, meta, queue, cancel, dead, events, trim   ARGV: doc, ttl, id, priority
 _RESUBMIT = """
 local state = redis.call('HGET', KEYS[2], 'state')
 if redis.call('EXISTS', KEYS[1]) == 1 and (state == 'queued' or state == 'running' or state == 'retrying') then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('DEL', KEYS[4], KEYS[6])
+redis.call('DEL', KEYS[4], KEYS[6], KEYS[7])
 redis.call('LREM', KEYS[5], 0, ARGV[3])
 redis.call('HSET', KEYS[2], 'priority', ARGV[4], 'attempts', 0, 'state', 'queued', 'last_error', '', 'worker', '')
 redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -63,7 +67,7 @@ redis.call('LPUSH', KEYS[3], ARGV[3])
 return 1
 """
 
-# KEYS: processing, delayed, q:high, q:default   ARGV: prefix, worker, lease_ms
+# KEYS: processing, delayed, q:high, q:default   ARGV: prefix, worker, lease_ms, token
 _RESERVE = _NOW + """
 local p = ARGV[1]
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)) do
@@ -76,7 +80,7 @@ for i = 3, #KEYS do
     if redis.call('EXISTS', p .. 'cancel:' .. id) == 0 and redis.call('EXISTS', p .. 'job:' .. id) == 1 then
       redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), id)
       local attempts = redis.call('HINCRBY', p .. 'meta:' .. id, 'attempts', 1)
-      redis.call('HSET', p .. 'meta:' .. id, 'worker', ARGV[2], 'state', 'running')
+      redis.call('HSET', p .. 'meta:' .. id, 'worker', ARGV[2], 'token', ARGV[4], 'state', 'running')
       return {id, redis.call('GET', p .. 'job:' .. id), attempts}
     end
     id = redis.call('RPOP', KEYS[i])
@@ -85,31 +89,32 @@ end
 return false
 """
 
-# KEYS: processing, meta   ARGV: id, worker, lease_ms
+# KEYS: processing, meta   ARGV: id, token, lease_ms
 _EXTEND = _NOW + """
-if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] or not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+if redis.call('HGET', KEYS[2], 'token') ~= ARGV[2] or not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return 0
 end
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
 
-# KEYS: processing, meta   ARGV: id, worker
+# KEYS: processing, meta   ARGV: id, token
 _ACK = """
-if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] or redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+if redis.call('HGET', KEYS[2], 'token') ~= ARGV[2] or redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
-redis.call('HSET', KEYS[2], 'state', 'done')
+redis.call('HSET', KEYS[2], 'state', 'done', 'token', '')
 return 1
 """
 
 # KEYS: processing, meta, delayed, dead
-# ARGV: id, worker, error, max_attempts, base_ms, max_ms, release, prefix, dead_now
+# ARGV: id, token, error, max_attempts, base_ms, max_ms, release, prefix, dead_now
 # returns 0: not ours; 1: will retry (or released); 2: dead-lettered
 _NACK = _NOW + """
-if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] or redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+if redis.call('HGET', KEYS[2], 'token') ~= ARGV[2] or redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
+redis.call('HSET', KEYS[2], 'token', '')
 if ARGV[7] == '1' then
   redis.call('HINCRBY', KEYS[2], 'attempts', -1)
   redis.call('HSET', KEYS[2], 'state', 'queued')
@@ -137,11 +142,11 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0
   local meta = ARGV[1] .. 'meta:' .. id
   local attempts = tonumber(redis.call('HGET', meta, 'attempts') or '0')
   if attempts >= tonumber(ARGV[2]) then
-    redis.call('HSET', meta, 'state', 'dead', 'last_error', 'lease expired on attempt ' .. attempts)
+    redis.call('HSET', meta, 'state', 'dead', 'token', '', 'last_error', 'lease expired on attempt ' .. attempts)
     redis.call('LPUSH', KEYS[2], id)
     dead = dead + 1
   else
-    redis.call('HSET', meta, 'state', 'queued', 'worker', '')
+    redis.call('HSET', meta, 'state', 'queued', 'worker', '', 'token', '')
     redis.call('RPUSH', ARGV[1] .. 'q:' .. (redis.call('HGET', meta, 'priority') or 'default'), id)
     requeued = requeued + 1
   end
@@ -166,6 +171,29 @@ redis.call('RPUSH', KEYS[3], ARGV[1])
 return 1
 """
 
+# Append an event, trim the stream to exactly `maxlen` (recording the last id trimmed away, so a
+# reader behind it is told of the gap), and refresh the expiry at every write: a stream whose job
+# dies mid-way still goes.
+# KEYS: events, trim   ARGV: data, maxlen, ttl
+_PUBLISH = """
+local id = redis.call('XADD', KEYS[1], '*', 'data', ARGV[1])
+local over = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2])
+if over > 0 then
+  local gone = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', over)
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[2])
+  redis.call('SET', KEYS[2], gone[#gone][1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return id
+"""
+
+# The trim point and the events after `start`, read together so that no trim falls between them.
+# KEYS: events, trim   ARGV: start, count
+_EVENTS = """
+return {redis.call('GET', KEYS[2]) or '', redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
+"""
+
 # KEYS: q:high, q:default, processing, delayed, dead
 _STATS = """
 return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), redis.call('ZCARD', KEYS[3]),
@@ -182,6 +210,8 @@ class Lease:
     job: Job
     worker_id: str
     attempt: int
+    #: this reservation's own token: extend, ack and nack hold only with it
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +288,8 @@ class JobQueue:
         fresh attempts; False when it is still queued, running or waiting out a retry."""
         again = await self._eval("resubmit", _RESUBMIT, [self._k("job", job.id), self._k("meta", job.id),
                                  self._k("q", priority), self._k("cancel", job.id), self._k("dead"),
-                                 self._k("events", job.id)], [json.dumps(job.wire()), self.job_ttl_s, job.id,
-                                                              priority])
+                                 self._k("events", job.id), self._k("trim", job.id)],
+                                 [json.dumps(job.wire()), self.job_ttl_s, job.id, priority])
         return bool(again)
 
     async def cancel(self, job_id: str) -> bool:
@@ -272,24 +302,29 @@ class JobQueue:
     # ## Consuming
 
     async def reserve(self, worker_id: str, lease_s: float) -> Lease | None:
-        """Take the next job (high first) with a lease; None when nothing is ready. Never blocks."""
+        """Take the next job (high first) with a lease of its own; None when nothing is ready. Never blocks.
+
+        The job document is parsed in a thread: a big job must not stall the event loop, where
+        the heartbeats of the jobs already running are.
+        """
+        token = secrets.token_hex(12)
         got = await self._eval("reserve", _RESERVE, [self._k("processing"), self._k("delayed"),
                                self._k("q", "high"), self._k("q", "default")],
-                               [self.p, worker_id, int(lease_s * 1000)])
+                               [self.p, worker_id, int(lease_s * 1000), token])
         if not got:
             return None
         _, doc, attempt = got
-        return Lease(Job.model_validate_json(doc), worker_id, int(attempt))
+        return Lease(await asyncio.to_thread(Job.model_validate_json, doc), worker_id, int(attempt), token)
 
     async def extend(self, lease: Lease, lease_s: float) -> bool:
         """Heartbeat. False if the lease was lost (expired and reaped): stop working on the job."""
         ok = await self._eval("extend", _EXTEND, [self._k("processing"), self._k("meta", lease.job.id)],
-                              [lease.job.id, lease.worker_id, int(lease_s * 1000)])
+                              [lease.job.id, lease.token, int(lease_s * 1000)])
         return bool(ok)
 
     async def ack(self, lease: Lease) -> bool:
         return bool(await self._eval("ack", _ACK, [self._k("processing"), self._k("meta", lease.job.id)],
-                                     [lease.job.id, lease.worker_id]))
+                                     [lease.job.id, lease.token]))
 
     async def nack(self, lease: Lease, error: str, *, release: bool = False,
                    dead_letter: bool = False) -> Literal["retry", "dead", "lost"]:
@@ -300,7 +335,7 @@ class JobQueue:
         """
         code = await self._eval("nack", _NACK, [self._k("processing"), self._k("meta", lease.job.id),
                                 self._k("delayed"), self._k("dead")],
-                                [lease.job.id, lease.worker_id, error[:2000], self.max_attempts,
+                                [lease.job.id, lease.token, error[:2000], self.max_attempts,
                                  self.retry_backoff_ms, self.retry_backoff_max_ms, int(release), self.p,
                                  int(dead_letter)])
         return {0: "lost", 1: "retry", 2: "dead"}[int(code)]
@@ -317,19 +352,24 @@ class JobQueue:
     # ## Progress events
 
     async def publish(self, job_id: str, event: Event) -> str:
-        """Append to the job's capped event stream; after the final event the stream expires."""
-        key = self._k("events", job_id)
-        event_id = await self._call("publish", self._redis.xadd, key, "*", {"data": event.model_dump_json()},
-                                    maxlen=self.events_maxlen, approximate_trim=True)
-        if isinstance(event, FinalEvent):
-            await self._call("publish", self._redis.expire, key, self.events_ttl_s)
-        return event_id
+        """Append to the job's event stream, capped at EVENTS_MAXLEN; every write refreshes its expiry
+        (EVENTS_TTL_S), so the stream of a job that died mid-way goes too."""
+        return str(await self._eval("publish", _PUBLISH, [self._k("events", job_id), self._k("trim", job_id)],
+                                    [event.model_dump_json(), self.events_maxlen, self.events_ttl_s]))
 
     async def events(self, job_id: str, after: str | None = None, count: int = 100) -> list[QueuedEvent]:
-        """Events after `after` (exclusive), oldest first: resume from the last id seen."""
+        """Events after `after` (exclusive), oldest first: resume from the last id seen.
+
+        When events after `after` were trimmed away, a `gap` event comes first. Its id is the last
+        id trimmed: resuming from it is not a gap again.
+        """
         start = f"({after}" if after else "-"
-        rows = await self._call("events", self._redis.xrange, self._k("events", job_id), start, "+", count)
-        return [QueuedEvent(eid, parse_event(dict(_pairs(fields))["data"])) for eid, fields in rows]
+        trimmed, rows = await self._eval("events", _EVENTS, [self._k("events", job_id), self._k("trim", job_id)],
+                                         [start, count])
+        out = [QueuedEvent(eid, parse_event(dict(_pairs(fields))["data"])) for eid, fields in rows]
+        if trimmed and (after is None or _stream_id(after) < _stream_id(trimmed)):
+            out.insert(0, QueuedEvent(trimmed, GapEvent(job_id=job_id, missed_after=after)))
+        return out
 
     # ## Inspection
 
@@ -374,6 +414,12 @@ class JobQueue:
 def waiting(stats: dict[str, int]) -> int:
     """The waiting count from `JobQueue.stats()`: queued at any priority plus retrying."""
     return sum(stats[f"queued_{p}"] for p in PRIORITIES) + stats["retrying"]
+
+
+def _stream_id(event_id: str) -> tuple[int, int]:
+    """A stream id ("<ms>-<seq>") as a pair that orders as the stream does."""
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _pairs(fields: Any) -> list[tuple[str, str]]:

@@ -7,7 +7,8 @@
 
 Every backend takes a validated Job (the wire format) and yields events as models
 (shared/contracts/events.py), each validated on arrival: `chunk`, `progress`, `error`, then
-exactly one `final`.
+exactly one `final`. A `gap` (http, local) says the server's capped stream dropped events this
+reader had not seen; it is passed on, and the events after it follow (the results are stored).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from shared.contracts.errors import ConfigError, JobFailed
-from shared.contracts.events import Event, FinalEvent, Outcome
+from shared.contracts.events import Event, FinalEvent, GapEvent, Outcome
 from shared.contracts.inputs import parse_job, parse_job_document
 from shared.contracts.models import Item, Job, Result
 from shared.contracts.settings import Settings, get_settings
@@ -47,20 +47,29 @@ def _validated(job: JobInput, options: dict[str, Any]) -> Job:
 
 
 class AsyncJob:
-    """A submitted job. `stream()` resumes where it left off; `wait()` and `results()` read the rest."""
+    """A submitted job. `stream()` resumes where it left off; `wait()` and `results()` read the rest.
+
+    `gaps` counts the `gap` events seen: the event stream dropped events before this reader got
+    them (it keeps only its last EVENTS_MAXLEN). No result is lost: `results()` reads them all.
+    """
 
     def __init__(self, backend: Backend, job_id: str, submitted: dict[str, Any]):
         self._backend = backend
         self.id = job_id
         self.submitted = submitted
         self.final: FinalEvent | None = None
+        self.gaps = 0
         self._last_event: str | None = None
 
     def __repr__(self) -> str:
         return f"AsyncJob(id={self.id!r})"
 
     async def stream(self) -> AsyncIterator[Event]:
-        """Events as they come (ChunkEvent with results and progress, or ProgressEvent), then FinalEvent."""
+        """Events as they come (ChunkEvent with results and progress, or ProgressEvent), then FinalEvent.
+
+        A GapEvent says events were dropped before they reached this reader: chunks' results were
+        missed here, not lost. Read them with `results()` (every stored result) once the job ends.
+        """
         if self.final is not None:
             yield self.final
             return
@@ -68,6 +77,8 @@ class AsyncJob:
             self._last_event = event_id or self._last_event
             if isinstance(event, FinalEvent):
                 self.final = event
+            elif isinstance(event, GapEvent):
+                self.gaps += 1
             yield event
 
     async def wait(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> FinalEvent:  # noqa: ASYNC109

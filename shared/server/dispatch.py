@@ -11,15 +11,15 @@ import contextlib
 import logging
 from typing import Any, Protocol
 
-from shared.contracts.errors import ConfigError, LLMJobsError
+from shared.contracts.errors import ConfigError, LLMJobsError, StoreError
 from shared.contracts.events import FinalEvent, Outcome
 from shared.contracts.models import Job, Summary
-from shared.contracts.settings import Settings
-from shared.queue.runpod import RunpodClient
+from shared.contracts.settings import DEFAULTS, Settings
+from shared.queue.runpod import RunpodClient, RunpodError
 from shared.queue.upstash import JobQueue, Priority
 from shared.server.events import EventSource, MemoryEvents, QueueEvents, final_event
 from shared.stores import Store
-from shared.stores.base import record_outcome
+from shared.stores.base import record_outcome, retrying
 
 log = logging.getLogger("llm_jobs.api")
 
@@ -71,7 +71,7 @@ class LocalDispatcher:
 
     def __init__(self, settings: Settings, store: Store, service: Any = None):
         self.settings, self.store = settings, store
-        self.events = MemoryEvents()
+        self.events = MemoryEvents(maxlen=settings.events_maxlen)  # a short tail per job, never every result
         self._service = service
         self._boot_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(settings.jobs_per_worker)
@@ -132,20 +132,37 @@ class LocalDispatcher:
 
 
 class RunpodDispatcher:
-    """POSTs the job to a RunPod endpoint's /run; the worker there writes to the same store."""
+    """POSTs the job to a RunPod endpoint's /run; the worker there writes to the same store.
+
+    One /run per dispatch. RunPod has no idempotency key and no way to find a request by its
+    input, so a /run whose answer never came is not sent again (`RunpodUnsure`, raised: the
+    lifecycle records the job failed, saying it may have started; a worker that did get it records
+    it running when it begins). The RunPod request id is kept in the store (`set_dispatch_ref`),
+    not in this process, so any API replica, or this one after a restart, cancels the run.
+    """
 
     name = "runpod"
     events = None
 
-    def __init__(self, client: RunpodClient):
-        self.client = client
-        self._runs: dict[str, str] = {}  # job id -> RunPod request id (for cancel)
+    def __init__(self, client: RunpodClient, store: Store, *, retry_s: float = DEFAULTS.store_retry_s):
+        self.client, self.store, self.retry_s = client, store, retry_s
 
     async def submit(self, job: Job) -> None:
-        self._runs[job.id] = (await self.client.run(job.wire()))["id"]
+        try:
+            answer = await self.client.run(job.wire())
+        except RunpodError:
+            with contextlib.suppress(StoreError):  # no request id is known: an earlier run's is stale
+                await self.store.set_dispatch_ref(job.id, None)
+            raise
+        run_id = answer["id"]
+        try:
+            await retrying(lambda: self.store.set_dispatch_ref(job.id, run_id), within_s=self.retry_s)
+        except StoreError:  # the job runs; failing it here would invite a second /run
+            log.exception("job=%s runs on RunPod as %s, but the store would not keep that id: cancel it there",
+                          job.id, run_id)
 
     async def cancel(self, job_id: str) -> bool:
-        run_id = self._runs.get(job_id)
+        run_id = await self.store.get_dispatch_ref(job_id)
         if run_id is None:
             return False
         answer = await self.client.cancel(run_id)
@@ -197,7 +214,8 @@ def make_dispatcher(settings: Settings, store: Store) -> Dispatcher:
         if not (settings.runpod_endpoint_id and settings.runpod_api_key):
             raise ConfigError("DISPATCHER=runpod needs RUNPOD_ENDPOINT_ID and RUNPOD_API_KEY")
         return RunpodDispatcher(RunpodClient(settings.runpod_endpoint_id, settings.runpod_api_key.get_secret_value(),
-                                             base_url=settings.runpod_base_url, timeout_s=settings.http_timeout_s))
+                                             base_url=settings.runpod_base_url, timeout_s=settings.http_timeout_s),
+                                store, retry_s=settings.store_retry_s)
     if settings.dispatcher == "modal":
         import modal
 

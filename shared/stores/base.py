@@ -2,8 +2,9 @@
 
 Every backend keeps the same two tables (supabase/migrations/*_init.sql) with the same
 semantics: `write` is one round trip per chunk and idempotent on (job_id, custom_id), always
-with the full column set; the jobs row's counters are kept by the database itself, so a chunk
-written twice is counted once.
+with the full column set, its rows in custom_id order (`in_write_order`: no deadlocks between two
+writers of one job); the jobs row's counters are kept by the database itself, so a chunk written
+twice is counted once.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class Store(Protocol):
     async def finish(self, job_id: str, status: JobStatus, summary: Summary) -> None:
         """Record the outcome. Callers shield it from cancellation."""
 
+    async def set_dispatch_ref(self, job_id: str, ref: str | None) -> None:
+        """Keep the platform's request id for the job's current run (RunPod's /run id), replacing
+        any earlier one; None forgets it. A job the store does not know is left alone."""
+
+    async def get_dispatch_ref(self, job_id: str) -> str | None:
+        """The request id set_dispatch_ref kept (None: none, or no such job)."""
+
     async def get_job(self, job_id: str) -> JobRecord | None: ...
 
     async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
@@ -54,6 +62,13 @@ class Store(Protocol):
         """Results ordered by custom_id, those after `after` (keyset pagination)."""
 
     async def close(self) -> None: ...
+
+
+def in_write_order(results: Sequence[Result]) -> list[Result]:
+    """A chunk's rows in the one order every store writes them: by custom_id (code point order, the
+    same as Postgres' "C" collation). Two writers of the same job (a redelivery) then lock shared rows
+    in the same order, so they wait for each other instead of deadlocking."""
+    return sorted(results, key=lambda r: r.custom_id)
 
 
 def result_row(job_id: str, r: Result) -> dict[str, Any]:

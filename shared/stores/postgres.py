@@ -15,9 +15,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
 from shared.contracts.settings import DEFAULTS
-from shared.stores.base import result_row, row_job, row_result
+from shared.stores.base import in_write_order, result_row, row_job, row_result
 
-# One statement per chunk: the rows travel as one JSON array and are upserted together.
+# One statement per chunk: the rows travel as one JSON array and are upserted together, in
+# custom_id order (byte order, as `in_write_order` sorts them), so concurrent writers never deadlock.
 _UPSERT = """
 insert into job_results (job_id, custom_id, status, text, parsed, error, finish_reason,
                          prompt_tokens, completion_tokens, latency_ms)
@@ -25,6 +26,7 @@ select r.job_id, r.custom_id, r.status, r.text, r.parsed, r.error, r.finish_reas
        r.prompt_tokens, r.completion_tokens, r.latency_ms
   from jsonb_to_recordset(%s::jsonb) as r(job_id text, custom_id text, status text, text text, parsed jsonb,
        error jsonb, finish_reason text, prompt_tokens int, completion_tokens int, latency_ms float8)
+ order by r.custom_id collate "C"
 on conflict (job_id, custom_id) do update set
   status = excluded.status, text = excluded.text, parsed = excluded.parsed, error = excluded.error,
   finish_reason = excluded.finish_reason, prompt_tokens = excluded.prompt_tokens,
@@ -88,7 +90,7 @@ class PostgresStore:
             return {r["custom_id"]: ResultStatus(r["status"]) for r in await cur.fetchall()}
 
     async def write(self, job_id: str, results: Sequence[Result]) -> None:
-        rows = json.dumps([result_row(job_id, r) for r in results], ensure_ascii=False)
+        rows = json.dumps([result_row(job_id, r) for r in in_write_order(results)], ensure_ascii=False)
         async with self._cursor() as cur:
             await cur.execute(_UPSERT, (rows,))
 
@@ -96,6 +98,16 @@ class PostgresStore:
         async with self._cursor() as cur:
             await cur.execute("update jobs set status = %s, finished_at = now(), summary = %s, error = %s "
                               "where id = %s", (status.value, Jsonb(summary.model_dump()), summary.reason, job_id))
+
+    async def set_dispatch_ref(self, job_id: str, ref: str | None) -> None:
+        async with self._cursor() as cur:
+            await cur.execute("update jobs set dispatch_ref = %s where id = %s", (ref, job_id))
+
+    async def get_dispatch_ref(self, job_id: str) -> str | None:
+        async with self._cursor() as cur:
+            await cur.execute("select dispatch_ref from jobs where id = %s", (job_id,))
+            row = await cur.fetchone()
+        return row["dispatch_ref"] if row else None
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         async with self._cursor() as cur:

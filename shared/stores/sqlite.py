@@ -14,7 +14,7 @@ import aiosqlite
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
 from shared.contracts.settings import DEFAULTS
-from shared.stores.base import RESULT_COLUMNS, result_row, row_job, row_result
+from shared.stores.base import RESULT_COLUMNS, in_write_order, result_row, row_job, row_result
 
 SCHEMA = """
 create table if not exists jobs (
@@ -22,7 +22,7 @@ create table if not exists jobs (
   total integer not null default 0, completed integer not null default 0, failed integer not null default 0,
   created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')), started_at text, finished_at text,
   updated_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')),
-  error text, summary text, metadata text not null default '{}', owner text
+  error text, summary text, metadata text not null default '{}', owner text, dispatch_ref text
 );
 create table if not exists job_results (
   job_id text not null references jobs (id) on delete cascade, custom_id text not null,
@@ -41,6 +41,10 @@ when old.status is not new.status begin
          failed = failed + (new.status = 'error') - (old.status = 'error') where id = new.job_id;
 end;
 """
+
+#: columns added after the first release (supabase/migrations/ adds them to Postgres): a file made by an
+#: older version gets them when a store opens it
+ADDED_COLUMNS = {"jobs": {"dispatch_ref": "text"}}
 
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ')"
 _UPSERT = (
@@ -65,17 +69,29 @@ class SQLiteStore:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = await aiosqlite.connect(self.path, timeout=self.timeout_s)
-            db.row_factory = sqlite3.Row
-            await db.execute("pragma journal_mode = wal")
-            await db.execute("pragma foreign_keys = on")
-            await db.executescript(SCHEMA)
-            await db.commit()
+            try:
+                db.row_factory = sqlite3.Row
+                await db.execute("pragma journal_mode = wal")
+                await db.execute("pragma foreign_keys = on")
+                await db.executescript(SCHEMA)
+                for table, columns in ADDED_COLUMNS.items():
+                    have = {row["name"] for row in await db.execute_fetchall(f"pragma table_info({table})")}
+                    for name, kind in columns.items():
+                        if name not in have:
+                            await db.execute(f"alter table {table} add column {name} {kind}")
+                await db.commit()
+            except BaseException:
+                await db.close()  # else its thread outlives the loop
+                raise
             self._db = db
         return self._db
 
     async def _run(self, sql: str, params: Any = (), *, many: bool = False, fetch: bool = False) -> list[Any]:
         async with self._lock:
-            db = await self._conn()
+            try:
+                db = await self._conn()
+            except (OSError, sqlite3.Error) as e:  # a directory, a read-only place, not a database
+                raise StoreError(f"sqlite {self.path}: cannot open: {e}") from e
             try:
                 async with asyncio.timeout(self.timeout_s):
                     if many:
@@ -113,7 +129,7 @@ class SQLiteStore:
 
     async def write(self, job_id: str, results: Sequence[Result]) -> None:
         rows = []
-        for r in results:
+        for r in in_write_order(results):  # the order every store writes in (SQLite has one writer anyway)
             row = result_row(job_id, r)
             row["parsed"], row["error"] = _dump(row["parsed"]), _dump(row["error"])
             rows.append(tuple(row[c] for c in RESULT_COLUMNS))
@@ -122,6 +138,13 @@ class SQLiteStore:
     async def finish(self, job_id: str, status: JobStatus, summary: Summary) -> None:
         await self._run(f"update jobs set status = ?, finished_at = {_NOW}, updated_at = {_NOW}, summary = ?, "
                         "error = ? where id = ?", (status.value, summary.model_dump_json(), summary.reason, job_id))
+
+    async def set_dispatch_ref(self, job_id: str, ref: str | None) -> None:
+        await self._run("update jobs set dispatch_ref = ? where id = ?", (ref, job_id))
+
+    async def get_dispatch_ref(self, job_id: str) -> str | None:
+        rows = await self._run("select dispatch_ref from jobs where id = ?", (job_id,), fetch=True)
+        return rows[0]["dispatch_ref"] if rows else None
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         rows = await self._run("select * from jobs where id = ?", (job_id,), fetch=True)

@@ -1,7 +1,8 @@
 """The production store: Supabase over PostgREST, with supabase-py's async client.
 
 - Every result row carries the full column set: PostgREST nulls a key a row lacks on merge.
-- One request per chunk: a merge-upsert on (job_id, custom_id), `return=minimal`.
+- One request per chunk: a merge-upsert on (job_id, custom_id), `return=minimal`, its rows in
+  custom_id order (two writers of one job lock them in the same order: no deadlocks).
 - supabase-py never retries POST or PATCH; the runner retries StoreUnavailable with bounded
   backoff, which is safe because merge-upserts and these PATCHes are idempotent.
 - Every request has a timeout (the httpx client's). Errors map into our tree at the boundary.
@@ -20,7 +21,7 @@ from postgrest.types import ReturnMethod
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
 from shared.contracts.settings import DEFAULTS
-from shared.stores.base import result_row, row_job, row_result
+from shared.stores.base import in_write_order, result_row, row_job, row_result
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 #: PostgREST and Postgres error codes that mean "try again later"
@@ -92,7 +93,7 @@ class SupabaseStore:
                 after = page[-1]["custom_id"]
 
     async def write(self, job_id: str, results: Sequence[Result]) -> None:
-        rows = [result_row(job_id, r) for r in results]
+        rows = [result_row(job_id, r) for r in in_write_order(results)]  # PostgREST inserts in this order
         async with self._mapped("write") as db:
             await db.table("job_results").upsert(rows, on_conflict="job_id,custom_id",
                                                  returning=ReturnMethod.minimal).execute()
@@ -102,6 +103,16 @@ class SupabaseStore:
             await db.table("jobs").update(
                 {"status": status.value, "finished_at": _now(), "summary": summary.model_dump(),
                  "error": summary.reason}, returning=ReturnMethod.minimal).eq("id", job_id).execute()
+
+    async def set_dispatch_ref(self, job_id: str, ref: str | None) -> None:
+        async with self._mapped("set_dispatch_ref") as db:
+            await db.table("jobs").update({"dispatch_ref": ref}, returning=ReturnMethod.minimal) \
+                .eq("id", job_id).execute()
+
+    async def get_dispatch_ref(self, job_id: str) -> str | None:
+        async with self._mapped("get_dispatch_ref") as db:
+            rows = (await db.table("jobs").select("dispatch_ref").eq("id", job_id).limit(1).execute()).data
+        return rows[0]["dispatch_ref"] if rows else None
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         async with self._mapped("get_job") as db:

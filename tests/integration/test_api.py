@@ -168,7 +168,9 @@ async def test_bad_input_auth_cors_and_health(api):
         plain = await bare.get("/v1/jobs/nope", headers={"Authorization": "Bearer other-plain-key"})
         assert plain.status_code == 404  # the second key works too
         assert (await bare.get("/healthz")).json() == {"status": "ok"}
-        ready = await bare.get("/readyz")
+        ready = await bare.get("/readyz")  # no key: yes or no only
+        assert ready.status_code == 200 and ready.json() == {"ready": True}
+        ready = await client.get("/readyz")  # a key: the details too
         assert ready.status_code == 200 and ready.json()["checks"]["store"] == "ok"
         assert "queue" in ready.json()["checks"]
         pre = await bare.options("/v1/jobs", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",

@@ -145,3 +145,25 @@ async def test_list_jobs_breaks_ties_by_id(store):
     created = {r.id: r.created_at for r in await store.list_jobs()}
     assert sorted(listed) == ["t0", "t1", "t2"]
     assert listed == sorted(listed, key=lambda i: (created[i], i), reverse=True)
+
+
+async def test_dispatch_ref_is_kept_per_job_and_survives_the_job_s_life(store):
+    # the platform's request id for a job (RunPod's /run id), so any API replica can cancel it
+    assert await store.get_dispatch_ref("nope") is None
+    await store.set_dispatch_ref("nope", "rp-0")  # an unknown job: nothing is created
+    assert await store.get_job("nope") is None and await store.get_dispatch_ref("nope") is None
+    job, other = make_job(2, id="ref-1"), make_job(1, id="ref-2")
+    await store.accept(job)
+    await store.accept(other)
+    assert await store.get_dispatch_ref(job.id) is None
+    await store.set_dispatch_ref(job.id, "rp-1")
+    assert (await store.get_dispatch_ref(job.id), await store.get_dispatch_ref(other.id)) == ("rp-1", None)
+    await store.begin(job)
+    await store.write(job.id, [ok("c0")])
+    await store.finish(job.id, JobStatus.failed, summary(reason="x"))
+    assert await store.get_dispatch_ref(job.id) == "rp-1"
+    await store.set_dispatch_ref(job.id, "rp-2")  # dispatched again: the newest request wins
+    assert await store.get_dispatch_ref(job.id) == "rp-2"
+    await store.set_dispatch_ref(job.id, None)
+    assert await store.get_dispatch_ref(job.id) is None
+    assert (await store.get_job(job.id)).completed == 1

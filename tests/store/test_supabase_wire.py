@@ -37,6 +37,17 @@ async def test_a_chunk_is_one_merge_upsert_with_every_column(sb, postgrest):
     await sb.close()
 
 
+async def test_a_chunk_s_rows_go_in_custom_id_order(sb, postgrest):
+    # two writers of one job then lock shared rows in the same order: no deadlocks (issue 11, finding 7)
+    job = make_job(0)
+    await sb.begin(job)
+    postgrest.log.clear()
+    await sb.write(job.id, [Result(custom_id=c, status=ResultStatus.ok) for c in ("c2", "c10", "a", "c1", "B")])
+    (req,) = postgrest.log
+    assert [row["custom_id"] for row in req.body] == ["B", "a", "c1", "c10", "c2"]
+    await sb.close()
+
+
 async def test_finish_is_a_patch_on_the_job_row(sb, postgrest):
     from shared.contracts.models import JobStatus, Summary
 

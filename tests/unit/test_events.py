@@ -13,7 +13,16 @@ from pydantic import ValidationError
 
 from handler.runner import StopSignal, run_job
 from shared.contracts.errors import ErrorCode
-from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome, ProgressEvent, parse_event
+from shared.contracts.events import (
+    ChunkEvent,
+    ErrorEvent,
+    Event,
+    FinalEvent,
+    GapEvent,
+    Outcome,
+    ProgressEvent,
+    parse_event,
+)
 from shared.contracts.models import Item, Job, JobStatus, Rejection, Summary
 from shared.stores.sqlite import SQLiteStore
 from tests.conftest import make_job
@@ -30,11 +39,16 @@ def test_every_event_type_round_trips_through_json(event):
         assert type(back) is type(event) and back == event
 
 
-def test_the_four_types_are_the_union():
+def test_the_five_types_are_the_union():
     union, _ = typing.get_args(Event)  # Annotated[ChunkEvent | ... , Field(discriminator="type")]
-    assert set(typing.get_args(union)) == {ChunkEvent, ProgressEvent, ErrorEvent, FinalEvent}
-    assert [type(e) for e in EVENTS] == [ChunkEvent, ProgressEvent, ErrorEvent, FinalEvent]
-    assert [e.type for e in EVENTS] == ["chunk", "progress", "error", "final"]
+    assert set(typing.get_args(union)) == {ChunkEvent, ProgressEvent, ErrorEvent, FinalEvent, GapEvent}
+    assert [type(e) for e in EVENTS] == [ChunkEvent, ProgressEvent, ErrorEvent, GapEvent, FinalEvent]
+    assert [e.type for e in EVENTS] == ["chunk", "progress", "error", "gap", "final"]
+
+
+def test_a_gap_event_from_the_start_says_so_and_has_a_default_reason():
+    gap = parse_event({"type": "gap", "job_id": "j", "missed_after": None})
+    assert isinstance(gap, GapEvent) and gap.missed_after is None and "results" in gap.reason
 
 
 def test_a_final_event_without_a_summary_is_refused():
@@ -143,3 +157,106 @@ async def test_a_stopped_runs_final_round_trips_as_stopped():
     final = parse_event(events[-1].model_dump_json())
     assert final.outcome is Outcome.stopped and final.status is JobStatus.queued
     round_trips(events)
+
+
+# ## The local dispatcher's buffer: a short tail per job, a gap for a reader behind it
+
+
+def _chunks(events, job_id: str, n: int) -> None:
+    from tests.fakes import chunk_event
+
+    for seq in range(1, n + 1):
+        events.publish(job_id, chunk_event(job_id, seq))
+
+
+async def test_memory_events_keep_a_short_tail_and_tell_a_reader_behind_it_of_the_gap():
+    from shared.server.events import MemoryEvents
+
+    events = MemoryEvents(maxlen=10)
+    _chunks(events, "j", 25)
+    for last_id in (None, "3", "14"):
+        got = await events.after("j", last_id)
+        assert isinstance(got[0].event, GapEvent) and got[0].event.missed_after == last_id
+        assert got[0].id == "15"  # the last id dropped: resuming from it is not a gap again
+        assert [e.id for e in got[1:]] == [str(i) for i in range(16, 26)]
+        assert [e.event.seq for e in got[1:]] == list(range(16, 26))
+    assert [e.id for e in await events.after("j", "15")] == [str(i) for i in range(16, 26)]
+    assert [e.id for e in await events.after("j", "20")] == [str(i) for i in range(21, 26)]
+    assert await events.after("j", "25") == []
+    assert sum(len(t) for t in events._tails.values()) == 10  # the tail, never the whole job
+
+
+async def test_memory_events_keep_only_the_final_once_a_job_has_ended_for_a_while():
+    from shared.server.events import MemoryEvents
+
+    now = [0.0]
+    events = MemoryEvents(maxlen=100, grace_s=30, clock=lambda: now[0])
+    _chunks(events, "j", 5)
+    events.publish("j", FinalEvent(job_id="j", outcome=Outcome.completed, summary=Summary.empty(5)))
+    assert len(await events.after("j", None)) == 6  # within the grace period: a reader gets every event
+    now[0] = 31.0
+    got = await events.after("j", "5")  # it had every chunk: no gap, just the final
+    assert [(e.id, e.event.type) for e in got] == [("6", "final")]
+    got = await events.after("j", "2")
+    assert [(e.id, e.event.type) for e in got] == [("5", "gap"), ("6", "final")]
+    assert len(events._tails["j"]) == 1
+
+
+async def test_follow_over_memory_events_sends_the_gap_then_the_rest(tmp_path):
+    from shared.server.events import MemoryEvents, follow
+
+    events = MemoryEvents(maxlen=10)
+    _chunks(events, "j", 20)
+    events.publish("j", FinalEvent(job_id="j", outcome=Outcome.completed, summary=Summary.empty(20)))
+    store = SQLiteStore(tmp_path / "jobs.db")
+    got = [ev async for ev in follow(events, store, "j", "2", poll_s=0.01)]
+    await store.close()
+    assert [e.event.type for e in got] == ["gap"] + ["chunk"] * 9 + ["final"]
+    assert got[0].event.missed_after == "2"
+
+
+async def test_the_sdk_surfaces_a_gap_and_reads_on_to_the_final():
+    import httpx
+
+    from shared.sdk._backends import HttpBackend
+    from shared.sdk._client import AsyncJob
+
+    gap = GapEvent(job_id="j", missed_after="1-0")
+    final = FinalEvent(job_id="j", outcome=Outcome.completed, summary=Summary.empty(2))
+    body = "".join(f"id: {i}\nevent: {e.type}\ndata: {e.model_dump_json()}\n\n"
+                   for i, e in [("5-0", gap), ("6-0", final)])
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("last-event-id"))
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    backend = HttpBackend("http://api.test", transport=httpx.MockTransport(answer))
+    job = AsyncJob(backend, "j", {})
+    job._last_event = "1-0"
+    got = [e async for e in job.stream()]
+    await backend.aclose()
+    assert [type(e) for e in got] == [GapEvent, FinalEvent]
+    assert seen == ["1-0"] and job.final == final
+    assert job.gaps == 1  # the caller can tell it missed events: results() re-reads them from the store
+
+
+async def test_the_local_dispatcher_keeps_only_an_events_maxlen_tail_of_a_big_job(tmp_path):
+    from shared.contracts.settings import Settings
+    from shared.server.dispatch import LocalDispatcher
+    from tests.fakes import chunk_event
+
+    class Service:  # JobService's `events`, without an engine: 50 chunks, then the final
+        async def events(self, job):
+            for seq in range(1, 51):
+                yield chunk_event(job.id, seq)
+            yield FinalEvent(job_id=job.id, outcome=Outcome.completed, summary=Summary.empty(50))
+
+    store = SQLiteStore(tmp_path / "jobs.db")
+    dispatcher = LocalDispatcher(Settings(_env_file=None, events_maxlen=10), store, service=Service())
+    await dispatcher.submit(make_job(50, id="big"))
+    await dispatcher._tasks["big"]
+    got = await dispatcher.events.after("big", None)
+    await store.close()
+    assert [e.event.type for e in got] == ["gap"] + ["chunk"] * 9 + ["final"]
+    assert got[-1].id == "51"

@@ -5,30 +5,14 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from handler import logs
 from shared.contracts.settings import Settings, get_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "prompts.jsonl"
-
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    names = ("vllm", "py.warnings", *logs.THIRD_PARTY)
-    levels = {n: logging.getLogger(n).level for n in names}
-    showwarning = warnings.showwarning
-    yield
-    root.handlers[:], root.level = handlers, level
-    for n, lv in levels.items():
-        logging.getLogger(n).setLevel(lv)
-    warnings.showwarning = showwarning
 
 
 def test_importing_logs_pulls_in_no_cli_server_or_engine():

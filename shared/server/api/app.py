@@ -11,7 +11,14 @@ API_KEYS is set):
     GET  /v1/jobs/{id}/events        Server-Sent Events; Last-Event-ID resumes; ends after `final`
     POST /v1/jobs/{id}/cancel
     GET  /healthz                    the process is up
-    GET  /readyz                     the store and the dispatcher answer, with details
+    GET  /readyz                     the store and the dispatcher answer: {"ready": bool}; the details
+                                     (queue counts, RunPod's health, which check failed) with a valid key,
+                                     or on a server with no API_KEYS (local-only by design); cached
+                                     READYZ_CACHE_S seconds
+
+Errors of the server (the store, the queue, RunPod, the configuration) reach the client as a generic
+message and an error id; the log has the full text (shared/server/api/problems.py). Open event
+streams are capped per key (SSE_MAX_STREAMS_PER_KEY, shared/server/api/streams.py).
 
 Every route is a thin layer over `JobLifecycle` (shared/server/lifecycle.py).
 """
@@ -24,15 +31,19 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
-from shared.contracts.errors import ConfigError, InputError, LLMJobsError, NotFound, QueueError, StoreError
+from handler.logs import quiet_http_clients
+from shared.contracts.errors import ConfigError, InputError, Issue, LLMJobsError, NotFound
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings, get_settings
-from shared.queue.runpod import RunpodError
 from shared.server.api.auth import KeyRing, MemoryRateLimit, UpstashRateLimit, rate_limiter
+from shared.server.api.problems import answer
+from shared.server.api.readiness import ReadinessProbe
 from shared.server.api.schemas import JobIn
+from shared.server.api.streams import StreamSlots
 from shared.server.dispatch import Dispatcher, make_dispatcher
 from shared.server.lifecycle import JobLifecycle
 from shared.stores import Store, open_store
@@ -43,11 +54,14 @@ class State:
                  limiter: MemoryRateLimit | UpstashRateLimit | None):
         self.settings, self.lifecycle, self.keys, self.limiter = settings, lifecycle, keys, limiter
         self.limits = Limits.from_settings(settings)
+        self.streams = StreamSlots(settings.sse_max_streams_per_key)
+        self.readiness = ReadinessProbe(lifecycle, cache_s=settings.readyz_cache_s, timeout_s=settings.http_timeout_s)
 
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None,
                dispatcher: Dispatcher | None = None) -> FastAPI:
     settings = settings or get_settings()
+    quiet_http_clients()  # however this app is run (serve, Modal, a bare uvicorn): no request URLs in the log
     store = store or open_store(settings)
     lifecycle = JobLifecycle(store, dispatcher or make_dispatcher(settings, store), settings)
     state = State(settings, lifecycle, KeyRing.from_setting(settings.api_keys), rate_limiter(settings))
@@ -98,14 +112,30 @@ def _errors(app: FastAPI) -> None:
     async def invalid(request: Request, e: InputError) -> JSONResponse:
         return JSONResponse({"detail": [i.as_dict() for i in e.issues]}, status_code=422)
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, e: RequestValidationError) -> JSONResponse:
+        # a bad query or path parameter: the same Problem shape as any 422, and the input is not echoed
+        issues = [Issue(err["msg"], field=".".join(str(p) for p in err["loc"][1:])) for err in e.errors()]
+        return JSONResponse({"detail": [i.as_dict() for i in issues]}, status_code=422)
+
     @app.exception_handler(NotFound)
     async def not_found(request: Request, e: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=404)
 
     @app.exception_handler(LLMJobsError)
     async def unavailable(request: Request, e: LLMJobsError) -> JSONResponse:
-        code = 502 if isinstance(e, RunpodError) else 503 if isinstance(e, (StoreError, QueueError)) else 500
-        return JSONResponse({"detail": str(e)}, status_code=code)
+        return _problem(request, e)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        # Starlette re-raises it afterwards (the server logs the traceback too); the client gets the id
+        return _problem(request, e)
+
+
+def _problem(request: Request, e: Exception) -> JSONResponse:
+    """A generic message and an error id for the client; the full text in the log (problems.py)."""
+    a = answer(e, where=f"{request.method} {request.url.path}")
+    return JSONResponse(a.body, status_code=a.status, headers=a.headers)
 
 
 def state_of(request: Request) -> State:
@@ -130,8 +160,23 @@ async def _caller(request: Request, authorization: Annotated[str | None, Header(
     return who
 
 
+async def _may_see_details(request: Request) -> bool:
+    """For /readyz: a key is welcome, never demanded (a probe gets yes or no). True for a valid key, and on a
+    server with no API_KEYS: `llm-jobs serve` refuses a public interface without keys, so such a server is
+    local-only by design. Public deployments (Modal) must set keys (`create_public_app`)."""
+    keys = state_of(request).keys
+    if not keys.enabled:
+        return True
+    authorization = request.headers.get("authorization")  # read here, not a declared parameter: never a 422
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return False
+    return keys.identify(authorization[7:].strip()) is not None
+
+
 #: the caller's key id, once authenticated and under the rate limit
 Caller = Annotated[str, Depends(_caller)]
+#: whether the caller may see /readyz's details (no 401/403, no rate limit)
+MaySeeDetails = Annotated[bool, Depends(_may_see_details)]
 #: the app's State (settings, lifecycle, limits)
 AppState = Annotated[State, Depends(state_of)]
 
@@ -151,5 +196,30 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         if path.startswith("/v1/"):
             for op in ops.values():
                 op["security"] = [{"bearer": []}]
+    _problems_for_422(schema)
+    _links(schema)
     app.openapi_schema = schema
     return schema
+
+
+def _problems_for_422(schema: dict[str, Any]) -> None:
+    """Every 422 is a Problem (a bad query or path parameter too: see `_errors`), not FastAPI's default."""
+    problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            if "422" in op.get("responses", {}):
+                op["responses"]["422"] = {"description": "Validation Error", "content": problem}
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(name, None)
+
+
+#: what a client (and schemathesis' stateful tests) can do next with the id a submission answered
+_NEXT = {"GetJob": "get_job_v1_jobs__job_id__get", "GetResults": "results_v1_jobs__job_id__results_get",
+         "FollowEvents": "events_v1_jobs__job_id__events_get", "CancelJob": "cancel_v1_jobs__job_id__cancel_post"}
+
+
+def _links(schema: dict[str, Any]) -> None:
+    """OpenAPI links from `POST /v1/jobs` to the routes that take its `id`."""
+    links = {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}} for name, op in _NEXT.items()}
+    for status in ("200", "202"):
+        schema["paths"]["/v1/jobs"]["post"]["responses"][status]["links"] = links

@@ -5,7 +5,12 @@ never sits in the environment) or a plain key, hashed as soon as it is read. No 
 A wrong key: 403. Health routes are open.
 
 The rate limit is a sliding window per key: Upstash's (upstash-ratelimit) when the queue is
-configured, so every API replica shares it; an in-process window otherwise.
+configured, so every API replica shares it; an in-process window otherwise. When Upstash does not
+answer, the limiter can neither let a request through nor refuse it: `RateLimiterUnavailable`,
+which the API answers 503 with Retry-After (it fails closed: a key is never let past its limit).
+
+`/readyz` takes a key without demanding one (app.py's `MaySeeDetails`): a valid key, or a server with no
+API_KEYS at all, sees the details.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
+from shared.contracts.errors import QueueUnavailable
 from shared.contracts.settings import Settings
 
 
@@ -45,6 +51,13 @@ class KeyRing:
         d = digest(key)
         found = any(hmac.compare_digest(d, known) for known in self._digests)
         return d[:12] if found else None
+
+
+class RateLimiterUnavailable(QueueUnavailable):
+    """The rate limiter's store (Upstash) did not answer: a request can be neither let through nor refused.
+
+    The API answers 503 with Retry-After (shared/server/api/problems.py); the message, which names the
+    Upstash URL and the client's error, goes to the log only."""
 
 
 @dataclass(frozen=True)
@@ -86,14 +99,19 @@ class UpstashRateLimit:
 
         self.per_minute = settings.rate_limit_per_minute
         self.timeout_s = settings.queue_timeout_s
+        self.url = settings.upstash_redis_rest_url
         token = settings.upstash_redis_rest_token.get_secret_value()
         self._redis = Redis(url=settings.upstash_redis_rest_url, token=token, rest_retries=0, allow_telemetry=False)
         self._limit = Ratelimit(redis=self._redis, limiter=SlidingWindow(max_requests=self.per_minute, window=60),
                                 prefix=f"{settings.queue_prefix}:ratelimit")
 
     async def check(self, who: str) -> Verdict:
-        async with asyncio.timeout(self.timeout_s):
-            r = await self._limit.limit(who)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                r = await self._limit.limit(who)
+        except Exception as e:  # refused, timed out, a wrong token: the limiter cannot decide
+            reason = f"no answer in {self.timeout_s:g} s" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+            raise RateLimiterUnavailable(f"rate limiter at {self.url}: {reason}") from e
         return Verdict(r.allowed, r.limit, r.remaining, max(0.0, r.reset - time.time()))
 
     async def close(self) -> None:

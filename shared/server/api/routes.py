@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
-from shared.contracts.errors import InputError, Issue, LLMJobsError
-from shared.contracts.inputs import parse_job_document, parse_job_text
-from shared.contracts.models import ID_PATTERN, Job, JobRecord, JobStatus, new_job_id
+from shared.contracts.models import ID_PATTERN, Job, JobRecord, JobStatus
 from shared.contracts.openai_batch import to_openai
-from shared.server.api.app import AppState, Caller, State
+from shared.server.api.app import AppState, Caller, MaySeeDetails, State
+from shared.server.api.gc_pause import full_collections_deferred
+from shared.server.api.intake import intake_of
+from shared.server.api.problems import RETRY_AFTER_S
 from shared.server.api.schemas import (
     Cancelled,
     Health,
@@ -26,6 +24,7 @@ from shared.server.api.schemas import (
     Ready,
     ResultsPage,
 )
+from shared.server.api.streams import SlottedEventSource
 from shared.server.lifecycle import Accepted
 
 ERRORS = {401: {"model": Problem, "description": "no API key"}, 403: {"model": Problem, "description": "wrong key"},
@@ -41,21 +40,14 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@health.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
-async def readyz(state: AppState) -> JSONResponse:
-    lifecycle = state.lifecycle
-    checks: dict[str, Any] = {"dispatcher": lifecycle.dispatcher.name}
-    ok = True
-    try:
-        await lifecycle.store.get_job("readyz-probe")
-        checks["store"] = "ok"
-    except LLMJobsError as e:
-        ok, checks["store"] = False, str(e)
-    try:
-        checks.update(await asyncio.wait_for(lifecycle.dispatcher.ready(), state.settings.http_timeout_s))
-    except (LLMJobsError, TimeoutError) as e:
-        ok, checks["dispatch"] = False, str(e) or "no answer in time"
-    return JSONResponse(Ready(ready=ok, checks=checks).model_dump(), status_code=200 if ok else 503)
+@health.get("/readyz", response_model=Ready, response_model_exclude_none=True, responses={503: {"model": Ready}},
+            openapi_extra={"security": [{}, {"bearer": []}]})  # a key is optional: it shows the details
+async def readyz(state: AppState, details: MaySeeDetails) -> JSONResponse:
+    """`{"ready": true}`, or 503 `{"ready": false}`. With a valid key (or no API_KEYS set: a local server), the
+    checks too. A failed check names its kind and an error id, never its text (that is in the log)."""
+    seen = await state.readiness.check()  # cached READYZ_CACHE_S seconds (shared/server/api/readiness.py)
+    body = Ready(ready=seen.ok, checks=seen.checks if details else None)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if seen.ok else 503)
 
 
 _JSONL_EXAMPLE = ('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", '
@@ -74,8 +66,10 @@ async def submit(request: Request, state: AppState, who: Caller,
                  strict: Annotated[bool, Query(description="refuse the job if any item is invalid; with "
                                                "false, bad items become error results")] = True) -> JSONResponse:
     raw = await _body(request, state.settings.max_body_bytes)
-    job = _parse(raw, request.headers.get("content-type", "application/json"), state, job_id=id, strict=strict)
-    accepted = await state.lifecycle.submit(job)
+    with full_collections_deferred():  # a big job's objects would make each full GC stall every request
+        job = await _parse(raw, request, state, job_id=id, strict=strict)
+        accepted = await state.lifecycle.submit(job)
+        del job
     return JSONResponse(_accepted(accepted, state).model_dump(), status_code=202 if accepted.dispatched else 200)
 
 
@@ -108,14 +102,25 @@ async def results(job_id: str, state: AppState, who: Caller,
 @jobs.get("/{job_id}/events", responses={
     200: {"content": {"text/event-stream": {}}, "description": "`chunk` events (results and progress), then "
           "`final`; `progress` events when the dispatcher publishes none. Each has an `id`: reconnect with "
-          "Last-Event-ID to resume with no gap and no repeat."}, **NOT_FOUND})
+          "Last-Event-ID to resume with no gap and no repeat."},
+    **NOT_FOUND, 429: {"model": Problem, "description": "rate limited, or this key holds SSE_MAX_STREAMS_PER_KEY "
+                       "open event streams already"}})
 async def events(job_id: str, request: Request, state: AppState, who: Caller,
                  last_event_id: Annotated[str | None, Header()] = None,
                  after: Annotated[str | None, Query(description="same as Last-Event-ID, for clients that "
-                                                    "cannot set headers")] = None) -> EventSourceResponse:
+                                                    "cannot set headers")] = None) -> SlottedEventSource:
     await state.lifecycle.get(job_id)
-    return EventSourceResponse(_stream(state, job_id, last_event_id or after, request), ping=state.settings.sse_ping_s,
-                               send_timeout=state.settings.http_timeout_s)
+    slot = state.streams.take(who)  # given back when the response is over, however it ends (streams.py)
+    if slot is None:
+        raise HTTPException(429, f"this API key holds {state.streams.per_key} open event streams already (the "
+                                 "most one key may hold); close one and try again",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        return SlottedEventSource(_stream(state, job_id, last_event_id or after, request), slot=slot,
+                                  ping=state.settings.sse_ping_s, send_timeout=state.settings.http_timeout_s)
+    except BaseException:
+        slot.release()
+        raise
 
 
 @jobs.post("/{job_id}/cancel", response_model=Cancelled, responses=NOT_FOUND)
@@ -145,22 +150,11 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse(raw: bytes, content_type: str, state: State, *, job_id: str | None, strict: bool) -> Job:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError([Issue(f"the body is not UTF-8: {e}")]) from e
-    checks = {"limits": state.limits, "any_model": True, "strict": strict}
-    if "json" in content_type and "jsonl" not in content_type and "ndjson" not in content_type:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError([Issue(f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})")]) from e
-        if isinstance(doc, dict) and not doc.get("id"):
-            doc = {**doc, "id": job_id or new_job_id()}
-        return parse_job_document(doc, **checks)
-    # JSONL: items or OpenAI Batch lines, one a line; the id (idempotency key) comes from ?id=
-    return parse_job_text(text, options={"id": job_id or new_job_id()}, **checks)
+async def _parse(raw: bytes, request: Request, state: State, *, job_id: str | None, strict: bool) -> Job:
+    """The body as a validated Job, validated in a worker thread (shared/server/api/intake.py)."""
+    intake = intake_of(request.app.state, state.settings, state.limits)
+    return await intake.parse(raw, request.headers.get("content-type", "application/json"), job_id=job_id,
+                              strict=strict)
 
 
 def _accepted(accepted: Accepted, state: State) -> JobAccepted:

@@ -94,6 +94,8 @@ class IssueOut(BaseModel):
 
 class Problem(BaseModel):
     detail: str | list[IssueOut]
+    #: on a failure of the server (5xx): quote it to the operator; the server's log has the full text under it
+    error_id: str | None = None
     model_config = ConfigDict(json_schema_extra={"examples": [{"detail": [{
         "message": "Input should be less than or equal to 2", "field": "sampling.temperature", "index": None,
         "line": None, "code": "invalid_item"}]}]})
@@ -112,4 +114,6 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     ready: bool
-    checks: dict[str, Any]
+    #: only with a valid key (or on a server with no API_KEYS): the dispatcher, its stats, each check's
+    #: "ok" or "failed: <kind> (error id ...)"
+    checks: dict[str, Any] | None = None

@@ -1,0 +1,132 @@
+"""The RunPod dispatcher against the RunPod stand-in (testkit/runpod_api.py): one /run per dispatch,
+and the job-to-request map in the store (issue 11, finding 9).
+
+RunPod's serverless API has no idempotency key and no way to find a request by its input, so a
+/run whose answer is lost is never sent again: the job may be running. Connection failures and 429
+(the request never got in) are retried. The request id lives in the store, so any API replica,
+or one started later, cancels the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import pytest_asyncio
+
+from shared.contracts.models import JobStatus
+from shared.contracts.settings import Settings
+from shared.queue.runpod import RunpodClient, RunpodError
+from shared.server.dispatch import RunpodDispatcher, make_dispatcher
+from shared.server.lifecycle import JobLifecycle
+from shared.stores.sqlite import SQLiteStore
+from tests.conftest import make_job
+
+KEY = "rp-test-key"
+ENDPOINT = "ep1"
+
+
+@pytest.fixture
+def runpod():
+    from testkit.runpod_api import FakeRunpod
+
+    api = FakeRunpod(api_key=KEY).start()
+    yield api
+    api.stop()
+
+
+def client(runpod, timeout_s: float = 5) -> RunpodClient:
+    return RunpodClient(ENDPOINT, KEY, base_url=f"{runpod.url}/v2", timeout_s=timeout_s)
+
+
+def settings(tmp_path, runpod, **kw) -> Settings:
+    return Settings(_env_file=None, dispatcher="runpod", runpod_endpoint_id=ENDPOINT, runpod_api_key=KEY,
+                    runpod_base_url=f"{runpod.url}/v2", sqlite_path=tmp_path / "jobs.db", store_retry_s=2, **kw)
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path):
+    s = SQLiteStore(tmp_path / "jobs.db", timeout_s=5)
+    yield s
+    await s.close()
+
+
+def replica(runpod, store, **kw) -> RunpodDispatcher:
+    """A dispatcher as an API process makes one: fresh, knowing only the store."""
+    return RunpodDispatcher(client(runpod, **kw), store)
+
+
+async def test_a_run_whose_answer_times_out_is_not_sent_again(runpod, store, tmp_path):
+    runpod.delay_runs = [2.0]  # RunPod queues the job, but answers after the client gave up
+    dispatcher = replica(runpod, store, timeout_s=0.5)
+    lifecycle = JobLifecycle(store, dispatcher, settings(tmp_path, runpod))
+    job = make_job(2, id="slow-run")
+    with pytest.raises(RunpodError, match="may have started"):
+        await lifecycle.submit(job)
+    await asyncio.sleep(2.0)  # anything still on its way has arrived by now
+    assert [run_input["id"] for _, run_input in runpod.seen.runs] == ["slow-run"]  # exactly one RunPod job
+    record = await store.get_job(job.id)
+    assert record.status == JobStatus.failed and "may have started" in record.error
+    await dispatcher.close()
+
+
+async def test_a_run_refused_before_it_got_in_is_retried_once_more(runpod, store):
+    runpod.refuse_runs = 1  # 429: RunPod took nothing
+    dispatcher = replica(runpod, store)
+    job = make_job(1, id="busy")
+    await store.accept(job)
+    await dispatcher.submit(job)
+    ((run_id, _),) = runpod.seen.runs
+    assert await store.get_dispatch_ref(job.id) == run_id
+    await dispatcher.close()
+
+
+async def test_a_connection_refused_is_retried_and_then_reported(store):
+    # nothing listens there: the request never left, so retrying it is safe (and it fails in the end)
+    from testkit.serve import free_port
+
+    dead = RunpodClient(ENDPOINT, KEY, base_url=f"http://127.0.0.1:{free_port()}/v2", timeout_s=1)
+    dead.attempts = 2
+    dispatcher = RunpodDispatcher(dead, store)
+    job = make_job(1, id="nowhere")
+    await store.accept(job)
+    with pytest.raises(RunpodError, match="ConnectError") as e:
+        await dispatcher.submit(job)
+    assert "may have started" not in str(e.value)
+    await dispatcher.close()
+
+
+async def test_cancel_works_from_another_replica(runpod, store, tmp_path):
+    first = replica(runpod, store)
+    job = make_job(3, id="to-cancel")
+    await JobLifecycle(store, first, settings(tmp_path, runpod)).submit(job)
+    ((run_id, _),) = runpod.seen.runs
+    await first.close()
+    # another API process (or this one after a restart): its own store connection, no memory of the run
+    other_store = SQLiteStore(tmp_path / "jobs.db", timeout_s=5)
+    second = replica(runpod, other_store)
+    lifecycle = JobLifecycle(other_store, second, settings(tmp_path, runpod))
+    cancelled = await lifecycle.cancel(job.id)
+    assert runpod.seen.cancels == [run_id] and runpod.state(run_id) == "CANCELLED"
+    assert cancelled.stopped_before_start and cancelled.record.status == JobStatus.cancelled
+    await second.close()
+    await other_store.close()
+
+
+async def test_cancel_of_a_job_never_sent_to_runpod_asks_nothing(runpod, store):
+    dispatcher = replica(runpod, store)
+    await store.accept(make_job(1, id="never-sent"))
+    assert await dispatcher.cancel("never-sent") is False
+    assert runpod.seen.cancels == []
+    await dispatcher.close()
+
+
+async def test_make_dispatcher_gives_the_runpod_dispatcher_the_store(runpod, store, tmp_path):
+    dispatcher = make_dispatcher(settings(tmp_path, runpod), store)
+    assert isinstance(dispatcher, RunpodDispatcher) and dispatcher.store is store
+    job = make_job(1, id="made")
+    await store.accept(job)
+    await dispatcher.submit(job)
+    ((run_id, _),) = runpod.seen.runs
+    assert await store.get_dispatch_ref(job.id) == run_id
+    await dispatcher.close()
