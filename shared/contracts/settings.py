@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     #: characters in one rendered prompt (all messages and stop strings together); also caps what a template
     #: may build (its output and every string or list it makes on the way)
     max_prompt_chars: int = Field(default=200_000, ge=1)
-    #: loop iterations and calls one template render may make before the item fails
+    #: loop iterations and calls one template render may make; a template over it refuses the job
     template_max_steps: int = Field(default=100_000, ge=1)
     #: bytes of a response_format JSON schema (compact JSON), and how deep it may nest
     schema_max_bytes: int = Field(default=64 * 1024, ge=256)

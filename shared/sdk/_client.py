@@ -177,6 +177,11 @@ class JobHandle:
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r})"
 
+    @property
+    def gaps(self) -> int:
+        """`gap` events seen while streaming: read `results()` for what they skipped."""
+        return self._job.gaps
+
     def _iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
         while True:
             try:

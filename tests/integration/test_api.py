@@ -29,7 +29,7 @@ def api_settings(pg, upstash, **kw):
     base = dict(dispatcher="queue", database_url=pg.url, upstash_redis_rest_url=upstash.url,
                 upstash_redis_rest_token=UPSTASH_TOKEN, api_keys=f"sha256:{digest(KEY)}, other-plain-key",
                 cors_origins=ORIGIN, rate_limit_per_minute=10_000, sse_poll_s=0.1, sse_ping_s=1,
-                default_chunk_interval_s=30, lease_s=60)
+                default_chunk_interval_s=30, lease_s=60, sse_max_streams_per_key=64)
     return engine_settings(**{**base, **kw})
 
 
