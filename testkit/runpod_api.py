@@ -16,6 +16,15 @@ It also answers the client-facing side of an endpoint, under `/v2/{endpoint_id}`
 - POST /run           `{"input": ...}` -> `{"id", "status": "IN_QUEUE"}`; the job exists from the
                       moment the request is read, whenever (or whether) the answer comes back:
                       `delay_runs` holds the answer, `refuse_runs` answers 429 (rate limited, no job)
+- POST /runsync       the same, then waits (up to `runsync_wait_s`) for the job to end:
+                      `{"id", "status"}` plus `output` (or `error`) once it has
+                      Both refuse a body over RunPod's payload limit (`RUN_MAX_BYTES`, 10 MiB for /run;
+                      `RUNSYNC_MAX_BYTES`, 20 MiB for /runsync) with 413 `{"error": ...}`, and no job is
+                      made. The limits are RunPod's documented ones ("Endpoint operations": /run "Payload
+                      Limit: 10 MB", /runsync "Payload Limit: 20 MB",
+                      https://docs.runpod.io/serverless/references/operations), read as MiB. RunPod does not
+                      document how it answers a body over them; 413 with a message naming both sizes is this
+                      double's choice.
 - GET  /status/{id}   `{"id", "status"}`;  POST /cancel/{id}  `{"id", "status": "CANCELLED"}`
                       (a queued job leaves the queue; a running one is put on the stop channel)
 - GET  /health        `{"jobs": {...}, "workers": {...}}`
@@ -39,6 +48,17 @@ from starlette.routing import Route
 
 from testkit.serve import ThreadedServer
 
+#: RunPod's payload limit on a /run body (asynchronous jobs)
+RUN_MAX_BYTES = 10 * 1024 * 1024
+#: RunPod's payload limit on a /runsync body (synchronous jobs)
+RUNSYNC_MAX_BYTES = 20 * 1024 * 1024
+
+
+def payload_too_large(operation: str, size: int, limit: int) -> dict[str, str]:
+    """This double's answer (with 413) to a body over an operation's payload limit."""
+    return {"error": f"payload too large: the /{operation} request body is {size} bytes, over the /{operation} "
+                     f"payload limit of {limit} bytes"}
+
 
 @dataclass
 class Seen:
@@ -61,6 +81,8 @@ class FakeRunpod:
         self.delay_runs: list[float] = []
         #: how many of the next /run calls are answered 429 (nothing is queued)
         self.refuse_runs = 0
+        #: the longest /runsync waits for its job to end before it answers with the job's state
+        self.runsync_wait_s = 30.0
         self.seen = Seen()
         api = "/v2/{endpoint}"
         app = Starlette(routes=[
@@ -70,6 +92,7 @@ class FakeRunpod:
             Route("/job-stream/{worker}/{job_id}", self.stream, methods=["POST"]),
             Route("/job-done/{worker}/{job_id}", self.done, methods=["POST"]),
             Route(f"{api}/run", self.run, methods=["POST"]),
+            Route(f"{api}/runsync", self.runsync, methods=["POST"]),
             Route(f"{api}/status/{{job_id}}", self.status, methods=["GET", "POST"]),
             Route(f"{api}/cancel/{{job_id}}", self.cancel_request, methods=["POST"]),
             Route(f"{api}/health", self.health, methods=["GET"]),
@@ -112,7 +135,10 @@ class FakeRunpod:
     async def run(self, request: Request) -> Response:
         if (refused := self._refused(request)) is not None:
             return refused
-        body = json.loads(await request.body())
+        raw = await request.body()
+        if len(raw) > RUN_MAX_BYTES:
+            return JSONResponse(payload_too_large("run", len(raw), RUN_MAX_BYTES), status_code=413)
+        body = json.loads(raw)
         with self._lock:
             if self.refuse_runs > 0:
                 self.refuse_runs -= 1
@@ -125,6 +151,28 @@ class FakeRunpod:
         if delay:
             await asyncio.sleep(delay)  # the job is queued; only the answer is late
         return JSONResponse({"id": job_id, "status": "IN_QUEUE"})
+
+    async def runsync(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        raw = await request.body()
+        if len(raw) > RUNSYNC_MAX_BYTES:
+            return JSONResponse(payload_too_large("runsync", len(raw), RUNSYNC_MAX_BYTES), status_code=413)
+        body = json.loads(raw)
+        with self._lock:
+            job_id = f"sync-{next(self._ids)}"
+            self._queue.append({"id": job_id, "input": body["input"]})
+            self._states[job_id] = "IN_QUEUE"
+            self.seen.runs.append((job_id, body["input"]))
+        for _ in range(max(1, int(self.runsync_wait_s / 0.05))):  # polls the state the worker's calls move
+            if self.state(job_id) not in ("IN_QUEUE", "IN_PROGRESS"):
+                break
+            await asyncio.sleep(0.05)
+        with self._lock:
+            answer: dict[str, Any] = {"id": job_id, "status": self._states[job_id]}
+            done = self.seen.done.get(job_id, {})
+        answer.update({k: done[k] for k in ("output", "error") if k in done})
+        return JSONResponse(answer)
 
     async def status(self, request: Request) -> Response:
         if (refused := self._refused(request)) is not None:

@@ -3,6 +3,7 @@
     LLMJobsError
     ├── ConfigError         settings that cannot work (bad model path, missing package)
     ├── InputError          job-level input that cannot run; carries every Issue found
+    │   └── PayloadTooLarge the job is over its transport's size limit (Upstash, RunPod's /run): 413
     ├── EngineError         the engine could not serve a request
     │   └── EngineDeadError the engine is gone: the job fails, with this as its reason
     ├── StoreError          the store refused a call (a bug or a schema mismatch: not retried)
@@ -97,6 +98,19 @@ class InputError(LLMJobsError):
     def __init__(self, issues: list[Issue]):
         self.issues = issues
         super().__init__("; ".join(str(i) for i in issues[:10]) + (" ..." if len(issues) > 10 else ""))
+
+
+class PayloadTooLarge(InputError):
+    """The job, as its transport would carry it, is over that transport's size limit (Upstash's per
+    request, RunPod's /run body). It is refused before anything is sent; the API answers 413."""
+
+    def __init__(self, *, transport: str, size: int, limit: int):
+        self.transport, self.size, self.limit = transport, size, limit
+        #: the whole sentence, for the API's 413 and the log
+        self.message = (f"this job is {size / 2**20:.1f} MiB ({size} bytes) as a request to {transport}, over "
+                        f"its limit of {limit / 2**20:.1f} MiB ({limit} bytes) a request; nothing was sent. "
+                        "Split it into smaller jobs, or run it with DISPATCHER=local (no transport in between)")
+        super().__init__([Issue(self.message, field="items")])
 
 
 class EngineError(LLMJobsError):

@@ -13,16 +13,22 @@ are run, runsync, status, stream, cancel, retry, purge-queue and health). So /ru
 when the first one provably never got in: no connection was made, or RunPod answered 429. Once the
 request may have been read (a timeout waiting for the answer, a dropped connection, a 5xx), it is
 not sent again: `RunpodUnsure` says the job may have started.
+
+RunPod limits a /run body to 10 MB and a /runsync body to 20 MB (`RUN_MAX_BYTES`,
+`RUNSYNC_MAX_BYTES`; "Payload Limit" in https://docs.runpod.io/serverless/references/operations,
+read as MiB). `run` measures the body it is about to send and raises `PayloadTooLarge` when it is
+over, so no request is made; `run_body` does that measurement alone.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from shared.contracts.errors import LLMJobsError
+from shared.contracts.errors import LLMJobsError, PayloadTooLarge
 from shared.contracts.models import JobStatus
 from shared.contracts.retry import transient, with_retries
 from shared.contracts.settings import DEFAULTS
@@ -33,6 +39,22 @@ STATUSES: dict[str, JobStatus] = {"IN_QUEUE": JobStatus.queued, "IN_PROGRESS": J
                                   "CANCELLED": JobStatus.cancelled, "TIMED_OUT": JobStatus.failed}
 #: the states a RunPod job never leaves
 FINAL_STATES = frozenset(state for state, status in STATUSES.items() if status.terminal)
+
+#: RunPod's payload limit on a /run body (asynchronous jobs: what the dispatcher and the SDK send)
+RUN_MAX_BYTES = 10 * 1024 * 1024
+#: RunPod's payload limit on a /runsync body
+RUNSYNC_MAX_BYTES = 20 * 1024 * 1024
+#: how a refusal names the transport
+TRANSPORT = "RunPod's /run (DISPATCHER=runpod)"
+
+
+def run_body(job_input: Any, *, limit: int = RUN_MAX_BYTES) -> bytes:
+    """The /run body for this input, as httpx would encode it (compact JSON, UTF-8); PayloadTooLarge when
+    it is over RunPod's limit. CPU work on the whole input: call it in a thread for a big job."""
+    body = json.dumps({"input": job_input}, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    if len(body) > limit:
+        raise PayloadTooLarge(transport=TRANSPORT, size=len(body), limit=limit)
+    return body
 
 
 class RunpodError(LLMJobsError):
@@ -77,9 +99,12 @@ class RunpodClient:
 
     async def run(self, job_input: Any) -> dict[str, Any]:
         """Start one RunPod job: `{"id", "status"}`. Raises RunpodUnsure when the request may have
-        started a job whose id never came back (it is not sent again: that could start a second)."""
+        started a job whose id never came back (it is not sent again: that could start a second), and
+        PayloadTooLarge, sending nothing, when the body is over RunPod's /run limit."""
+        body = run_body(job_input)
         try:
-            return await self._call("POST", "/run", json={"input": job_input}, retryable=never_got_in)
+            return await self._call("POST", "/run", content=body, headers={"Content-Type": "application/json"},
+                                    retryable=never_got_in)
         except RunpodError as e:
             cause = e.__cause__
             if cause is None or never_got_in(cause):

@@ -15,6 +15,12 @@ Every state change is one Lua script, so it is atomic, and uses Redis' clock, so
 clocks do not matter. Each reservation gets its own lease token: extend, ack and nack check it, so
 a lease that expired and was reserved again (even by the same worker) is dead to its old holder.
 Every call is bounded by QUEUE_TIMEOUT_S.
+
+Upstash refuses a command over `MAX_REQUEST_BYTES` (10 MB; "ERR max request size exceeded") and a
+record over `MAX_RECORD_BYTES` (100 MB). A job travels whole in one command (the enqueue script
+carries its document), so `enqueue` and `resubmit` measure that command before sending it and raise
+`PayloadTooLarge` when it is over: a job is never half-sent, and the message says what to do. `check`
+does the same measurement alone, for the dispatcher to refuse a job before it is recorded.
 """
 
 from __future__ import annotations
@@ -28,13 +34,26 @@ from typing import Any, Literal
 from upstash_redis.asyncio import Redis
 from upstash_redis.errors import UpstashError
 
-from shared.contracts.errors import QueueError, QueueUnavailable
+from shared.contracts.errors import PayloadTooLarge, QueueError, QueueUnavailable
 from shared.contracts.events import Event, GapEvent, parse_event
 from shared.contracts.models import Job
 from shared.contracts.settings import DEFAULTS, Settings
 
 Priority = Literal["high", "default"]
 PRIORITIES: tuple[Priority, ...] = ("high", "default")
+
+#: Upstash's limit on one command, "Free" and "Pay as you go" plans (bigger plans allow more: pass
+#: `max_request_bytes`); https://upstash.com/docs/redis/troubleshooting/max_request_size_exceeded
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+#: Upstash's limit on one record; https://upstash.com/docs/redis/troubleshooting/max_record_size_exceeded
+MAX_RECORD_BYTES = 100 * 1024 * 1024
+#: how a refusal names the transport
+TRANSPORT = "the Upstash queue (DISPATCHER=queue)"
+
+
+def request_bytes(cmd: list[Any]) -> int:
+    """The size of one command as upstash-redis sends it: a JSON array, compact and UTF-8 (httpx's encoding)."""
+    return len(json.dumps(cmd, ensure_ascii=False, separators=(",", ":")).encode())
 
 _NOW = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
@@ -227,8 +246,9 @@ class JobQueue:
                  max_attempts: int = DEFAULTS.max_attempts,
                  retry_backoff_s: float = DEFAULTS.retry_backoff_s,
                  retry_backoff_max_s: float = DEFAULTS.retry_backoff_max_s, events_maxlen: int = DEFAULTS.events_maxlen,
-                 events_ttl_s: int = DEFAULTS.events_ttl_s):
+                 events_ttl_s: int = DEFAULTS.events_ttl_s, max_request_bytes: int = MAX_REQUEST_BYTES):
         self._redis = redis
+        self.max_request_bytes = max_request_bytes
         self.p = prefix.rstrip(":") + ":"
         self.timeout_s = timeout_s
         self.job_ttl_s = job_ttl_s
@@ -275,21 +295,43 @@ class JobQueue:
 
     # ## Producing
 
-    async def enqueue(self, job: Job, priority: Priority = "default") -> bool:
-        """Queue a job; False if a job with this id is already known (enqueue is idempotent)."""
+    def _enqueue_keys(self, job_id: str, priority: Priority) -> list[str]:
+        return [self._k("job", job_id), self._k("meta", job_id), self._k("q", priority), self._k("cancel", job_id)]
+
+    def _resubmit_keys(self, job_id: str, priority: Priority) -> list[str]:
+        return [*self._enqueue_keys(job_id, priority), self._k("dead"), self._k("events", job_id),
+                self._k("trim", job_id)]
+
+    def _document(self, job: Job, script: str, keys: list[str], priority: Priority) -> str:
+        """The job's document, once the command carrying it is known to fit Upstash's request limit
+        (PayloadTooLarge otherwise). The document is measured once, as the JSON string it travels as."""
         doc = json.dumps(job.wire())
-        added = await self._eval("enqueue", _ENQUEUE, [self._k("job", job.id), self._k("meta", job.id),
-                                 self._k("q", priority), self._k("cancel", job.id)],
-                                 [doc, self.job_ttl_s, job.id, priority])
+        doc_bytes = len(json.dumps(doc, ensure_ascii=False).encode()) - 2  # as an element of the command
+        size = request_bytes(["EVAL", script, len(keys), *keys, "", str(self.job_ttl_s), job.id, priority]) + doc_bytes
+        if size > self.max_request_bytes:
+            raise PayloadTooLarge(transport=TRANSPORT, size=size, limit=self.max_request_bytes)
+        return doc
+
+    def check(self, job: Job, priority: Priority = "default") -> None:
+        """Raise PayloadTooLarge when the job is too big to queue (nothing is sent). CPU work on the whole
+        document: call it in a thread for a big job."""
+        self._document(job, _RESUBMIT, self._resubmit_keys(job.id, priority), priority)  # the bigger command
+
+    async def enqueue(self, job: Job, priority: Priority = "default") -> bool:
+        """Queue a job; False if a job with this id is already known (enqueue is idempotent). Raises
+        PayloadTooLarge, before sending anything, when the job is over Upstash's request limit."""
+        keys = self._enqueue_keys(job.id, priority)
+        doc = await asyncio.to_thread(self._document, job, _ENQUEUE, keys, priority)  # a big job: off the loop
+        added = await self._eval("enqueue", _ENQUEUE, keys, [doc, self.job_ttl_s, job.id, priority])
         return bool(added)
 
     async def resubmit(self, job: Job, priority: Priority = "default") -> bool:
         """Queue a job the queue knows but no longer holds (cancelled, dead-lettered, done) again, with
-        fresh attempts; False when it is still queued, running or waiting out a retry."""
-        again = await self._eval("resubmit", _RESUBMIT, [self._k("job", job.id), self._k("meta", job.id),
-                                 self._k("q", priority), self._k("cancel", job.id), self._k("dead"),
-                                 self._k("events", job.id), self._k("trim", job.id)],
-                                 [json.dumps(job.wire()), self.job_ttl_s, job.id, priority])
+        fresh attempts; False when it is still queued, running or waiting out a retry. PayloadTooLarge as
+        `enqueue`."""
+        keys = self._resubmit_keys(job.id, priority)
+        doc = await asyncio.to_thread(self._document, job, _RESUBMIT, keys, priority)
+        again = await self._eval("resubmit", _RESUBMIT, keys, [doc, self.job_ttl_s, job.id, priority])
         return bool(again)
 
     async def cancel(self, job_id: str) -> bool:

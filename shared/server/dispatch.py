@@ -2,6 +2,11 @@
 
 Every dispatcher gets the validated Job and sends its one wire form (`Job.wire()`, rejected
 items included) to the queue, RunPod's /run or Modal's spawn; the local one runs it here.
+
+A dispatcher whose transport has a size limit (queue: Upstash's 10 MB a request; runpod: RunPod's
+10 MB /run body) has `check(job)`: it measures the job as it would be sent and raises
+`PayloadTooLarge`. `JobLifecycle.submit` calls it before the job is recorded, so a job too big to
+send is refused (413) with nothing stored and nothing sent. `submit` measures again before sending.
 """
 
 from __future__ import annotations
@@ -11,11 +16,11 @@ import contextlib
 import logging
 from typing import Any, Protocol
 
-from shared.contracts.errors import ConfigError, LLMJobsError, StoreError
+from shared.contracts.errors import ConfigError, LLMJobsError, PayloadTooLarge, StoreError
 from shared.contracts.events import FinalEvent, Outcome
 from shared.contracts.models import Job, Summary
 from shared.contracts.settings import DEFAULTS, Settings
-from shared.queue.runpod import RunpodClient, RunpodError
+from shared.queue.runpod import RunpodClient, RunpodError, run_body
 from shared.queue.upstash import JobQueue, Priority
 from shared.server.events import EventSource, MemoryEvents, QueueEvents, final_event
 from shared.stores import Store
@@ -30,6 +35,9 @@ class Dispatcher(Protocol):
     events: EventSource | None
 
     async def submit(self, job: Job) -> None: ...
+
+    # Optional: `def check(self, job: Job) -> None`, raising PayloadTooLarge when the transport cannot
+    # carry the job (see the module's docstring). The lifecycle calls it, in a thread, when it exists.
 
     async def cancel(self, job_id: str) -> bool:
         """Ask the job to stop; True if it was stopped before it started."""
@@ -47,6 +55,10 @@ class QueueDispatcher:
         self.queue = queue
         self.priority: Priority = priority
         self.events = QueueEvents(queue)
+
+    def check(self, job: Job) -> None:
+        """PayloadTooLarge when the job is over Upstash's request limit."""
+        self.queue.check(job, self.priority)
 
     async def submit(self, job: Job) -> None:
         # a job the queue knows is in its hands (queued, running or waiting out a retry), unless it
@@ -147,10 +159,14 @@ class RunpodDispatcher:
     def __init__(self, client: RunpodClient, store: Store, *, retry_s: float = DEFAULTS.store_retry_s):
         self.client, self.store, self.retry_s = client, store, retry_s
 
+    def check(self, job: Job) -> None:
+        """PayloadTooLarge when the job's /run body is over RunPod's limit."""
+        run_body(job.wire())
+
     async def submit(self, job: Job) -> None:
         try:
             answer = await self.client.run(job.wire())
-        except RunpodError:
+        except (RunpodError, PayloadTooLarge):
             with contextlib.suppress(StoreError):  # no request id is known: an earlier run's is stale
                 await self.store.set_dispatch_ref(job.id, None)
             raise

@@ -12,6 +12,7 @@ this class, so a job behaves the same whichever door it came in by (docs/archite
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -54,8 +55,14 @@ class JobLifecycle:
 
     async def submit(self, job: Job) -> Accepted:
         """Record the job as queued and dispatch it. A known id that is queued, running or completed
-        starts nothing (created=False); a failed or cancelled one runs again and resumes."""
+        starts nothing (created=False); a failed or cancelled one runs again and resumes.
+
+        A job its dispatcher's transport cannot carry (over Upstash's or RunPod's size limit) raises
+        PayloadTooLarge before anything is recorded or sent (`check`, shared/server/dispatch.py)."""
         dispatcher = self.dispatcher  # a reader refuses here, before anything is recorded
+        check = getattr(dispatcher, "check", None)
+        if check is not None:
+            await asyncio.to_thread(check, job)  # measures the whole document: off the loop
         created = await self.store.accept(job)
         if not created:
             record = await self.get(job.id)

@@ -36,7 +36,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from handler.logs import quiet_http_clients
-from shared.contracts.errors import ConfigError, InputError, Issue, LLMJobsError, NotFound
+from shared.contracts.errors import ConfigError, InputError, Issue, LLMJobsError, NotFound, PayloadTooLarge
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings, get_settings
 from shared.server.api.auth import KeyRing, MemoryRateLimit, UpstashRateLimit, rate_limiter
@@ -111,6 +111,11 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def invalid(request: Request, e: InputError) -> JSONResponse:
         return JSONResponse({"detail": [i.as_dict() for i in e.issues]}, status_code=422)
+
+    @app.exception_handler(PayloadTooLarge)
+    async def too_large(request: Request, e: PayloadTooLarge) -> JSONResponse:
+        # the job is valid, but over its transport's size limit: the sentence says which, and what to do
+        return JSONResponse({"detail": e.message}, status_code=413)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, e: RequestValidationError) -> JSONResponse:

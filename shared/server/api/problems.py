@@ -7,7 +7,8 @@ waiting helps, and an error id. The log gets the full text under the same id (WA
 outside service that failed, ERROR with the traceback for anything else), so an operator finds it.
 
 Errors about the caller's own input are not failures of the server: `InputError` (422, every
-issue) and `NotFound` (404, the job id asked for) reach the client as they are.
+issue), `PayloadTooLarge` (413, a job over its transport's size limit: the size, the limit and what
+to do) and `NotFound` (404, the job id asked for) reach the client as they are (handlers in app.py).
 """
 
 from __future__ import annotations
