@@ -9,11 +9,13 @@ It carries out what PostgREST does for the requests llm-jobs makes, the way Post
   the `columns` parameter, so a key a row lacks becomes NULL (`missing=default` is honoured),
   with `on_conflict` and `Prefer: resolution=merge-duplicates|ignore-duplicates`;
 - PATCH with filters: only the keys sent are set;
-- `Prefer: return=minimal|representation`; Postgres errors as `{code, message, details, hint}`
+- `Prefer: return=minimal|representation`, `Prefer: count=exact` on writes (`Content-Range: */N`,
+  N the rows written); a filter may name a column twice (`idx=gte.0&idx=lt.9`), and compares as
+  the column's type; Postgres errors as `{code, message, details, hint}`
   with PostgREST's status codes; a database it cannot reach is a 503 PGRST001.
 (`Prefer: missing=default` is refused: llm-jobs always sends every column.)
 It connects as a superuser, like the service role, so row-level security does not apply.
-Every request is recorded in `.log` for wire checks.
+Every request is recorded in `.log` for wire checks, with its body's size in bytes.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Seen:
     params: dict[str, str]
     headers: dict[str, str]
     body: Any = field(default=None)
+    size: int = 0
 
 
 #: PostgREST's HTTP status for a Postgres error: exact SQLSTATEs first, then by class (the first two
@@ -57,19 +60,25 @@ def _unreachable(e: BaseException) -> httpx.Response:
                                      "connection.", "details": str(e), "hint": None})
 
 
+def _written(prefer: dict[str, str], rows: int) -> dict[str, str]:
+    """PostgREST's Content-Range on a write: the rows written when `Prefer: count=exact` asked."""
+    return {"content-range": f"*/{rows}" if prefer.get("count") == "exact" else "*/*"}
+
+
 class PostgrestError(Exception):
     def __init__(self, status: int, code: str, message: str, details: str | None = None, hint: str | None = None):
         self.status, self.body = status, {"code": code, "message": message, "details": details, "hint": hint}
 
 
 class PostgrestTransport(httpx.AsyncBaseTransport):
-    def __init__(self, dsn: str, key: str, tables: tuple[str, ...] = ("jobs", "job_results")):
+    def __init__(self, dsn: str, key: str, tables: tuple[str, ...] = ("jobs", "job_results", "job_items")):
         self.key = key
         self.tables = tables
         self.log: list[Seen] = []
         self.pool = AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False, timeout=2,
                                         kwargs={"autocommit": True}, check=AsyncConnectionPool.check_connection)
         self._columns: dict[str, list[str]] = {}
+        self._numeric: dict[str, dict[str, str]] = {}  # table -> numeric column -> its type
 
     async def aclose(self) -> None:
         await self.pool.close()
@@ -77,7 +86,9 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content) if request.content else None
         params = dict(request.url.params)
-        self.log.append(Seen(request.method, request.url.path, params, dict(request.headers), body))
+        self.log.append(Seen(request.method, request.url.path, params, dict(request.headers), body,
+                             len(request.content)))
+        pairs = request.url.params.multi_items()
         try:
             self._auth(request)
             table = self._table(request.url.path)
@@ -87,11 +98,11 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
             async with self.pool.connection() as conn:
                 cols = await self._table_columns(conn, table)
                 if request.method == "GET":
-                    return await self._select(conn, table, params, cols)
+                    return await self._select(conn, table, params, pairs, cols)
                 if request.method == "POST":
                     return await self._insert(conn, table, params, prefer, body, cols)
                 if request.method == "PATCH":
-                    return await self._update(conn, table, params, prefer, body, cols)
+                    return await self._update(conn, table, pairs, prefer, body, cols)
                 raise PostgrestError(405, "PGRST117", f"Unsupported HTTP method: {request.method}")
         except PostgrestError as e:
             return httpx.Response(e.status, json=e.body)
@@ -121,9 +132,13 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
 
     async def _table_columns(self, conn: psycopg.AsyncConnection, table: str) -> list[str]:
         if table not in self._columns:
-            cur = await conn.execute("select column_name from information_schema.columns where table_schema = "
-                                     "'public' and table_name = %s order by ordinal_position", (table,))
-            self._columns[table] = [r[0] for r in await cur.fetchall()]
+            cur = await conn.execute("select column_name, data_type from information_schema.columns where "
+                                     "table_schema = 'public' and table_name = %s order by ordinal_position",
+                                     (table,))
+            rows = await cur.fetchall()
+            self._columns[table] = [r[0] for r in rows]
+            self._numeric[table] = {r[0]: r[1] for r in rows if r[1] in ("smallint", "integer", "bigint", "numeric",
+                                                                          "real", "double precision")}
         return self._columns[table]
 
     @staticmethod
@@ -134,16 +149,20 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
                                      f"Could not find the '{n}' column of '{table}' in the schema cache")
         return names
 
-    def _where(self, params: dict[str, str], cols: list[str], table: str) -> tuple[sql.Composable, list[Any]]:
+    def _where(self, pairs: list[tuple[str, str]], cols: list[str], table: str) -> tuple[sql.Composable, list[Any]]:
         parts: list[sql.Composable] = []
         args: list[Any] = []
-        for name, expr in params.items():
+        for name, expr in pairs:
             if name in _RESERVED:
                 continue
             self._check([name], cols, table)
             op, _, value = expr.partition(".")
             ident = sql.Identifier(name)
-            if op in _OPS:
+            if op in _OPS and name in self._numeric.get(table, {}):  # 9 < 10, as numbers (and by the index)
+                kind = self._numeric[table][name]
+                parts.append(sql.SQL("{} {} %s::" + kind).format(ident, sql.SQL(_OPS[op])))
+                args.append(value)
+            elif op in _OPS:
                 parts.append(sql.SQL("{}::text {} %s").format(ident, sql.SQL(_OPS[op])) if op != "eq" else
                              sql.SQL("{}::text = %s").format(ident))
                 args.append(value)
@@ -163,10 +182,10 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
         cur = await conn.execute(wrapped, args)
         return (await cur.fetchone())[0]
 
-    async def _select(self, conn, table: str, params: dict[str, str], cols: list[str]) -> httpx.Response:
+    async def _select(self, conn, table: str, params: dict[str, str], pairs, cols: list[str]) -> httpx.Response:
         select = params.get("select", "*")
         names = cols if select == "*" else self._check(select.split(","), cols, table)
-        where, args = self._where(params, cols, table)
+        where, args = self._where(pairs, cols, table)
         query = sql.SQL("select {} from {}{}").format(sql.SQL(", ").join(map(sql.Identifier, names)),
                                                     sql.Identifier(table), where)
         if "order" in params:
@@ -209,9 +228,9 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
                     sql.SQL("{0} = excluded.{0}").format(sql.Identifier(n)) for n in updates))
         return await self._write(conn, query, [json.dumps(rows)], prefer, 201)
 
-    async def _update(self, conn, table, params, prefer, body, cols) -> httpx.Response:
+    async def _update(self, conn, table, pairs, prefer, body, cols) -> httpx.Response:
         names = self._check(list(body), cols, table)
-        where, args = self._where(params, cols, table)
+        where, args = self._where(pairs, cols, table)
         col_list = sql.SQL(", ").join(map(sql.Identifier, names))
         query = sql.SQL("update {t} set ({c}) = (select {c} from json_populate_record(null::{t}, %s::json)){w}").format(
             t=sql.Identifier(table), c=col_list, w=where)
@@ -220,6 +239,7 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
     async def _write(self, conn, query, args, prefer, minimal_status: int) -> httpx.Response:
         if prefer.get("return") == "representation":
             rows = await self._json(conn, query + sql.SQL(" returning *"), args)
-            return httpx.Response(200 if minimal_status == 204 else 201, json=rows)
-        await conn.execute(query, args)
-        return httpx.Response(minimal_status)
+            return httpx.Response(200 if minimal_status == 204 else 201, json=rows,
+                                  headers=_written(prefer, len(rows)))
+        cur = await conn.execute(query, args)
+        return httpx.Response(minimal_status, headers=_written(prefer, cur.rowcount))

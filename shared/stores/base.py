@@ -5,6 +5,10 @@ semantics: `write` is one round trip per chunk and idempotent on (job_id, custom
 with the full column set, its rows in custom_id order (`in_write_order`: no deadlocks between two
 writers of one job); the jobs row's counters are kept by the database itself, so a chunk written
 twice is counted once.
+
+A job's items live in the store too (job_items, supabase/migrations/*_job_items.sql): `stage_items`
+writes them in batches, idempotent on (job_id, idx), and `read_items` reads an idx range (a shard)
+page by page. `jobs.staged` counts them, kept by the database like the result counters.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.events import Outcome
-from shared.contracts.models import ItemError, Job, JobRecord, JobStatus, Result, ResultStatus, Summary, Usage
+from shared.contracts.models import Item, ItemError, Job, JobRecord, JobStatus, Result, ResultStatus, Summary, Usage
 
 T = TypeVar("T")
 
@@ -61,7 +65,37 @@ class Store(Protocol):
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         """Results ordered by custom_id, those after `after` (keyset pagination)."""
 
+    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item]) -> int:
+        """Store a batch of the job's items at idx start_idx, start_idx + 1, ...: idempotent on
+        (job_id, idx), so a re-sent batch changes nothing. The job's row must exist (`accept`).
+        Returns how many rows were new (0 for a batch sent again). A custom_id the job already has
+        at another idx is a StoreError."""
+
+    async def read_items(self, job_id: str, *, start_idx: int = 0, end_idx: int | None = None,
+                         limit: int = 1000) -> list[Item]:
+        """Up to `limit` items with start_idx <= idx < end_idx (None: no end), in idx order: a shard,
+        page by page. Batches staged back to back leave no gaps, so the next page starts at
+        start_idx + len(page)."""
+
+    async def count_items(self, job_id: str) -> int:
+        """Items staged for the job so far (0: none, or no such job)."""
+
     async def close(self) -> None: ...
+
+
+def item_doc(item: Item) -> dict[str, Any]:
+    """An item as job_items keeps it: the wire's JSON document (what `Job.wire()` writes for it)."""
+    return item.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def item_json(item: Item) -> str:
+    """`item_doc` as JSON text, in one step."""
+    return item.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def check_start(start_idx: int) -> None:
+    if start_idx < 0:
+        raise ValueError(f"start_idx must be >= 0, not {start_idx}")
 
 
 def in_write_order(results: Sequence[Result]) -> list[Result]:

@@ -13,9 +13,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from shared.contracts.errors import StoreError, StoreUnavailable
-from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.models import Item, Job, JobRecord, JobStatus, Result, ResultStatus, Summary
 from shared.contracts.settings import DEFAULTS
-from shared.stores.base import in_write_order, result_row, row_job, row_result
+from shared.stores.base import check_start, in_write_order, item_json, result_row, row_job, row_result
 
 # One statement per chunk: the rows travel as one JSON array and are upserted together, in
 # custom_id order (byte order, as `in_write_order` sorts them), so concurrent writers never deadlock.
@@ -39,6 +39,30 @@ on conflict (id) do update set status = 'running', total = excluded.total,
   model = coalesce(excluded.model, jobs.model), metadata = excluded.metadata,
   finished_at = null, error = null, started_at = coalesce(jobs.started_at, now())
 """
+
+# Items are staged with COPY (issue 12): straight into job_items when none of the batch's rows is
+# there yet; a batch sent again (a unique violation) goes through a temporary table and
+# `on conflict do nothing` instead, so it changes nothing. Rows go in idx order either way.
+_COPY_ITEMS = "copy job_items (job_id, idx, custom_id, item) from stdin"
+_STAGE_AGAIN = """
+create temp table job_items_in (job_id text, idx integer, custom_id text, item jsonb) on commit drop;
+"""
+_MERGE_AGAIN = """
+insert into job_items (job_id, idx, custom_id, item)
+select job_id, idx, custom_id, item from job_items_in order by idx
+on conflict (job_id, idx) do nothing
+"""
+
+
+def _copy_text(v: str) -> str:
+    """A value in COPY's text format (JSON text has no raw control characters; a custom_id may)."""
+    return v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _copy_rows(job_id: str, start_idx: int, items: Sequence[Item]) -> str:
+    j = _copy_text(job_id)
+    return "".join(f"{j}\t{start_idx + k}\t{_copy_text(it.custom_id)}\t{_copy_text(item_json(it))}\n"
+                   for k, it in enumerate(items))
 
 
 class PostgresStore:
@@ -127,6 +151,39 @@ class PostgresStore:
             await cur.execute("select * from job_results where job_id = %s and custom_id > %s "
                               "order by custom_id limit %s", (job_id, after or "", limit))
             return [row_result(r) for r in await cur.fetchall()]
+
+    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item]) -> int:
+        check_start(start_idx)
+        if not items:
+            return 0
+        data = _copy_rows(job_id, start_idx, items)
+        async with self._cursor() as cur:
+            try:
+                async with cur.connection.transaction(), cur.copy(_COPY_ITEMS) as copy:
+                    await copy.write(data)
+                return len(items)
+            except psycopg.errors.UniqueViolation:
+                pass  # some of these rows are there already (or a custom_id is taken: the merge says so)
+            async with cur.connection.transaction():
+                await cur.execute(_STAGE_AGAIN)
+                async with cur.copy("copy job_items_in from stdin") as copy:
+                    await copy.write(data)
+                await cur.execute(_MERGE_AGAIN)
+                return cur.rowcount
+
+    async def read_items(self, job_id: str, *, start_idx: int = 0, end_idx: int | None = None,
+                         limit: int = 1000) -> list[Item]:
+        async with self._cursor() as cur:
+            await cur.execute("select item::text as item from job_items where job_id = %s and idx >= %s "
+                              "and (%s::int is null or idx < %s) order by idx limit %s",
+                              (job_id, start_idx, end_idx, end_idx, limit))
+            return [Item.model_validate_json(r["item"]) for r in await cur.fetchall()]
+
+    async def count_items(self, job_id: str) -> int:
+        async with self._cursor() as cur:
+            await cur.execute("select staged from jobs where id = %s", (job_id,))
+            row = await cur.fetchone()
+        return row["staged"] if row else 0
 
     async def close(self) -> None:
         if self._opened:

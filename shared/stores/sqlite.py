@@ -12,9 +12,9 @@ from typing import Any
 import aiosqlite
 
 from shared.contracts.errors import StoreError, StoreUnavailable
-from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.models import Item, Job, JobRecord, JobStatus, Result, ResultStatus, Summary
 from shared.contracts.settings import DEFAULTS
-from shared.stores.base import RESULT_COLUMNS, in_write_order, result_row, row_job, row_result
+from shared.stores.base import RESULT_COLUMNS, check_start, in_write_order, item_json, result_row, row_job, row_result
 
 SCHEMA = """
 create table if not exists jobs (
@@ -22,7 +22,8 @@ create table if not exists jobs (
   total integer not null default 0, completed integer not null default 0, failed integer not null default 0,
   created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')), started_at text, finished_at text,
   updated_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')),
-  error text, summary text, metadata text not null default '{}', owner text, dispatch_ref text
+  error text, summary text, metadata text not null default '{}', owner text, dispatch_ref text,
+  staged integer not null default 0
 );
 create table if not exists job_results (
   job_id text not null references jobs (id) on delete cascade, custom_id text not null,
@@ -31,6 +32,15 @@ create table if not exists job_results (
   created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')),
   primary key (job_id, custom_id)
 );
+create table if not exists job_items (
+  job_id text not null references jobs (id) on delete cascade, idx integer not null check (idx >= 0),
+  custom_id text not null, item text not null,
+  primary key (job_id, idx)
+);
+create unique index if not exists job_items_job_custom_id_idx on job_items (job_id, custom_id);
+create trigger if not exists job_items_inserted after insert on job_items begin
+  update jobs set staged = staged + 1 where id = new.job_id;
+end;
 create trigger if not exists job_results_inserted after insert on job_results begin
   update jobs set completed = completed + (new.status = 'ok'), failed = failed + (new.status = 'error'),
          updated_at = strftime('%Y-%m-%dT%H:%M:%fZ') where id = new.job_id;
@@ -44,7 +54,7 @@ end;
 
 #: columns added after the first release (supabase/migrations/ adds them to Postgres): a file made by an
 #: older version gets them when a store opens it
-ADDED_COLUMNS = {"jobs": {"dispatch_ref": "text"}}
+ADDED_COLUMNS = {"jobs": {"dispatch_ref": "text", "staged": "integer not null default 0"}}
 
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ')"
 _UPSERT = (
@@ -86,28 +96,40 @@ class SQLiteStore:
             self._db = db
         return self._db
 
-    async def _run(self, sql: str, params: Any = (), *, many: bool = False, fetch: bool = False) -> list[Any]:
+    async def _run(self, sql: str, params: Any = (), *, many: bool = False, fetch: bool = False) -> Any:
+        """The rows (fetch), the number of rows changed (many), else []: one transaction, the store's timeout."""
         async with self._lock:
             try:
                 db = await self._conn()
             except (OSError, sqlite3.Error) as e:  # a directory, a read-only place, not a database
                 raise StoreError(f"sqlite {self.path}: cannot open: {e}") from e
             try:
-                async with asyncio.timeout(self.timeout_s):
-                    if many:
-                        await db.executemany(sql, params)
-                        rows: list[Any] = []
-                    else:
-                        cur = await db.execute(sql, params)
-                        rows = list(await cur.fetchall()) if fetch else []
-                    await db.commit()
-                    return rows
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        if many:
+                            cur = await db.executemany(sql, params)
+                            rows: Any = cur.rowcount
+                        else:
+                            cur = await db.execute(sql, params)
+                            rows = list(await cur.fetchall()) if fetch else []
+                        await db.commit()
+                        return rows
+                except BaseException:
+                    await self._undo(db)  # a batch that failed half-way leaves nothing for the next commit
+                    raise
             except sqlite3.OperationalError as e:  # locked, disk I/O
                 raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
             except TimeoutError as e:
                 raise StoreUnavailable(f"sqlite {self.path}: no answer in {self.timeout_s:g} s") from e
             except sqlite3.Error as e:
                 raise StoreError(f"sqlite {self.path}: {e}") from e
+
+    @staticmethod
+    async def _undo(db: aiosqlite.Connection) -> None:
+        try:
+            await asyncio.shield(db.rollback())
+        except (sqlite3.Error, ValueError):  # nothing to roll back, or the connection is closing
+            pass
 
     async def accept(self, job: Job) -> bool:
         rows = await self._run("insert into jobs (id, status, model, total, metadata) values (?, 'queued', ?, ?, ?) "
@@ -159,6 +181,24 @@ class SQLiteStore:
         rows = await self._run("select * from job_results where job_id = ? and custom_id > ? order by custom_id "
                                "limit ?", (job_id, after or "", limit), fetch=True)
         return [row_result(dict(r)) for r in rows]
+
+    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item]) -> int:
+        check_start(start_idx)
+        rows = [(job_id, start_idx + i, it.custom_id, item_json(it)) for i, it in enumerate(items)]
+        if not rows:
+            return 0
+        return await self._run("insert into job_items (job_id, idx, custom_id, item) values (?, ?, ?, ?) "
+                               "on conflict (job_id, idx) do nothing", rows, many=True)  # one transaction
+
+    async def read_items(self, job_id: str, *, start_idx: int = 0, end_idx: int | None = None,
+                         limit: int = 1000) -> list[Item]:
+        rows = await self._run("select item from job_items where job_id = ? and idx >= ? and (? is null or idx < ?) "
+                               "order by idx limit ?", (job_id, start_idx, end_idx, end_idx, limit), fetch=True)
+        return [Item.model_validate_json(r["item"]) for r in rows]
+
+    async def count_items(self, job_id: str) -> int:
+        rows = await self._run("select staged from jobs where id = ?", (job_id,), fetch=True)
+        return rows[0]["staged"] if rows else 0
 
     async def close(self) -> None:
         if self._db is not None:

@@ -6,28 +6,49 @@
 - supabase-py never retries POST or PATCH; the runner retries StoreUnavailable with bounded
   backoff, which is safe because merge-upserts and these PATCHes are idempotent.
 - Every request has a timeout (the httpx client's). Errors map into our tree at the boundary.
+- Items are staged as upserts that ignore duplicates on (job_id, idx), split so that no request's
+  body passes `STAGE_BYTES`; PostgREST counts the rows each one added (`Prefer: count=exact`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import json
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import httpx
 from postgrest.exceptions import APIError
-from postgrest.types import ReturnMethod
+from postgrest.types import CountMethod, ReturnMethod
 
 from shared.contracts.errors import StoreError, StoreUnavailable
-from shared.contracts.models import Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.models import Item, Job, JobRecord, JobStatus, Result, ResultStatus, Summary
 from shared.contracts.settings import DEFAULTS
-from shared.stores.base import in_write_order, result_row, row_job, row_result
+from shared.stores.base import check_start, in_write_order, item_doc, result_row, row_job, row_result
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 #: PostgREST and Postgres error codes that mean "try again later"
 _TRANSIENT_PREFIXES = ("PGRST000", "PGRST001", "PGRST002", "PGRST003", "08", "53", "57P", "57014", "40001",
                        "40P01", "5", "429")
 _PAGE = 1000  # Supabase's default max rows per request
+#: the most JSON one staging request carries (Supabase takes more; modest requests fail and retry cheaply)
+STAGE_BYTES = 4 * 1024 * 1024
+
+
+def _batches(rows: list[dict], budget: int) -> Iterator[list[dict]]:
+    """`rows` in order, in runs whose JSON array (as postgrest-py encodes it) stays within `budget`
+    bytes; a row larger than the budget goes alone."""
+    batch: list[dict] = []
+    size = 2  # []
+    for row in rows:
+        n = len(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()) + 1  # and its comma
+        if batch and size + n > budget:
+            yield batch
+            batch, size = [], 2
+        batch.append(row)
+        size += n
+    if batch:
+        yield batch
 
 
 def _now() -> str:
@@ -132,6 +153,40 @@ class SupabaseStore:
             rows = (await db.table("job_results").select("*").eq("job_id", job_id).gt("custom_id", after or "")
                     .order("custom_id").limit(limit).execute()).data
         return [row_result(r) for r in rows]
+
+    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item]) -> int:
+        check_start(start_idx)
+        rows = [{"job_id": job_id, "idx": start_idx + k, "custom_id": it.custom_id, "item": item_doc(it)}
+                for k, it in enumerate(items)]
+        added = 0
+        async with self._mapped("stage_items") as db:
+            for batch in _batches(rows, STAGE_BYTES):
+                done = await db.table("job_items").upsert(
+                    batch, on_conflict="job_id,idx", ignore_duplicates=True, returning=ReturnMethod.minimal,
+                    count=CountMethod.exact).execute()
+                added += done.count or 0
+        return added
+
+    async def read_items(self, job_id: str, *, start_idx: int = 0, end_idx: int | None = None,
+                         limit: int = 1000) -> list[Item]:
+        items: list[Item] = []
+        async with self._mapped("read_items") as db:
+            while len(items) < limit:  # PostgREST answers at most _PAGE rows a request
+                query = db.table("job_items").select("idx,item").eq("job_id", job_id).gte("idx", start_idx)
+                if end_idx is not None:
+                    query = query.lt("idx", end_idx)
+                want = min(_PAGE, limit - len(items))
+                page = (await query.order("idx").limit(want).execute()).data
+                items.extend(Item.model_validate(r["item"]) for r in page)
+                if len(page) < want:
+                    break
+                start_idx = page[-1]["idx"] + 1
+        return items
+
+    async def count_items(self, job_id: str) -> int:
+        async with self._mapped("count_items") as db:
+            rows = (await db.table("jobs").select("staged").eq("id", job_id).limit(1).execute()).data
+        return rows[0]["staged"] if rows else 0
 
     async def close(self) -> None:
         if self._client is not None:

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 CLIENT_ROLES = ("anon", "authenticated")
-TABLES = ("jobs", "job_results")
+TABLES = ("jobs", "job_results", "job_items")
 
 
 @pytest.mark.parametrize("role", CLIENT_ROLES)
@@ -28,6 +28,11 @@ def test_client_roles_cannot_truncate(pg, role, table):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"truncate public.{table} cascade")
         conn.rollback()
+
+
+def test_job_items_has_row_level_security(pg):
+    # like job_results: the service role bypasses it; on Supabase, owners read their own jobs' items
+    assert pg.query("select relrowsecurity from pg_class where oid = 'public.job_items'::regclass") == [(True,)]
 
 
 def test_the_service_role_keeps_its_privileges(pg):

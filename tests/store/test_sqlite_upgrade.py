@@ -1,11 +1,11 @@
-"""A SQLite file made by an older llm-jobs (no `dispatch_ref` column) is brought up to date when a
-store opens it, keeping its jobs and results."""
+"""A SQLite file made by an older llm-jobs (no `dispatch_ref` or `staged` column, no job_items) is
+brought up to date when a store opens it, keeping its jobs and results."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from shared.contracts.models import JobStatus
+from shared.contracts.models import Item, JobStatus
 from shared.stores.sqlite import SQLiteStore
 
 OLD_SCHEMA = """
@@ -39,10 +39,14 @@ async def test_an_old_sqlite_file_gets_the_dispatch_ref_column(tmp_path):
         assert [r.text for r in await store.results("old")] == ["kept"]
         await store.set_dispatch_ref("old", "rp-9")
         assert await store.get_dispatch_ref("old") == "rp-9"
+        assert await store.count_items("old") == 0
+        assert await store.stage_items("old", 0, [Item(custom_id="c0", prompt="p")]) == 1
+        assert await store.count_items("old") == 1
     finally:
         await store.close()
     reopened = SQLiteStore(path, timeout_s=5)  # opening it again changes nothing
     try:
         assert await reopened.get_dispatch_ref("old") == "rp-9"
+        assert [i.custom_id for i in await reopened.read_items("old")] == ["c0"]
     finally:
         await reopened.close()
