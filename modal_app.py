@@ -8,8 +8,9 @@
 # - `LLMJobs`, a GPU class that boots vLLM once per container (`@modal.enter()`), with
 #   - `stream(job)`: a generator. Call it with `.remote_gen()` and you get every chunk event as
 #     it is stored, then the final event;
-#   - `run(job)`: the whole job in one call. You can `.spawn()` it, `.map()` it, and it is retried
-#     if the container dies. It persists to the store as it goes, and a retry resumes;
+#   - `run(job)`: a whole job, or one shard of a staged job (what the API spawns: one call per
+#     shard, fanned out over up to MAX_CONTAINERS containers). You can `.spawn()` it, `.map()` it,
+#     and it is retried if the container dies. It persists to the store as it goes, and a retry resumes;
 #   - `drain()`: runs the Upstash queue dry on this container's engine.
 # - `web`, the HTTP API (`@modal.asgi_app`): POST /v1/jobs spawns `run`; status, results and
 #   progress events come from the store.
@@ -43,6 +44,10 @@ GPU = ["L40S", "A100-80GB"]
 # together, so a few concurrent jobs keep the GPU busy between one job's stragglers. This matches
 # JOBS_PER_WORKER on RunPod.
 JOBS_PER_CONTAINER = 4
+# A big job is split into shards of SHARD_SIZE items, one `run` call each (shared/server/dispatch.py):
+# Modal starts containers for them, at most this many at once. It bounds the GPUs one big job (or a
+# burst of jobs) holds, and so the bill: 10 L40S run a 100k-item job about 10x faster than one.
+MAX_CONTAINERS = 10
 
 # ## Timeouts
 #
@@ -124,6 +129,7 @@ app = modal.App(APP_NAME)
     startup_timeout=STARTUP_TIMEOUT_S,
     scaledown_window=SCALEDOWN_WINDOW_S,
     retries=RUN_RETRIES,
+    max_containers=MAX_CONTAINERS,
 )
 @modal.concurrent(max_inputs=JOBS_PER_CONTAINER)
 class LLMJobs:

@@ -5,7 +5,9 @@
 boots vLLM once for this worker process, before the first job is taken, then hands the
 runpod SDK an async generator handler. Several jobs share the one engine
 (`concurrency_modifier`, JOBS_PER_WORKER), and `return_aggregate_stream` makes `/status`
-and `/runsync` return every streamed event once a job ends.
+and `/runsync` return every streamed event once a request ends. A request from our dispatcher is
+one shard of a staged job: its events carry progress, not results (the worker never holds a big
+job's results), and its results are in the store.
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ def _serve(port: int, db: str) -> None:
 
         name = "recording"
 
-        async def submit(self, job: object) -> None: ...
+        def check(self, ref: object) -> None: ...
+        async def submit(self, refs: object) -> None: ...
         async def cancel(self, job_id: str) -> bool:
             return False
 

@@ -22,6 +22,12 @@ class ProgressTracker:
         self._clock = clock
         self._started = clock()
 
+    def skip(self, ok: int, failed: int) -> None:
+        """Items found stored already (a resumed run learns them page by page)."""
+        self.skipped += ok + failed
+        self.completed += ok
+        self.failed += failed
+
     def record(self, result: Result) -> None:
         if result.status == ResultStatus.ok:
             self.completed += 1

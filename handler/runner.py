@@ -25,16 +25,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from handler.engine.base import Engine
 from handler.progress import ProgressTracker
 from shared.contracts.errors import EngineDeadError, ErrorCode, InputError, ItemFailure, StoreError, StoreUnavailable
 from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome
-from shared.contracts.models import Item, Job, Result, ResultStatus, Summary, Usage
+from shared.contracts.models import Item, Job, Rejection, Result, ResultStatus, Summary, Usage
 from shared.contracts.prepare import Limits, Request, RequestBuilder, builder_for, check_output
 from shared.contracts.settings import DEFAULTS
+from shared.contracts.shards import ShardRef
 from shared.stores.base import Store, record_outcome, retrying
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ class _Stop:
     """Put on the results queue when the caller's StopSignal is set."""
 
 
-async def _on_stop(stop: StopSignal, queue: asyncio.Queue[Result | _Dead | _Stop]) -> None:
+async def _on_stop(stop: StopSignal, queue: asyncio.Queue[Any]) -> None:
     await stop.wait()
     queue.put_nowait(_Stop())
 
@@ -123,9 +125,19 @@ async def _run_item(engine: Engine, builder: RequestBuilder, built: dict[str, Bu
                               latency_ms=round((time.perf_counter() - started) * 1000, 1))
 
 
-async def _worker(engine: Engine, builder: RequestBuilder, built: dict[str, Built], items: Iterator[Item],
-                  out: asyncio.Queue[Result | _Dead | _Stop]) -> None:
-    for item in items:  # the iterator is shared: each worker takes the next item
+class _Fed:
+    """Put on the results queue by the feeder once every item of the run has been handed out."""
+
+    def __init__(self, error: str | None = None):
+        self.error = error
+
+
+_Got = Result | _Dead | _Stop | _Fed
+
+
+async def _worker(engine: Engine, builder: RequestBuilder, built: dict[str, Built],
+                  work: asyncio.Queue[Item | None], out: asyncio.Queue[_Got]) -> None:
+    while (item := await work.get()) is not None:  # a shared queue: each worker takes the next item
         try:
             out.put_nowait(await _run_item(engine, builder, built, item))
         except EngineDeadError as e:
@@ -136,13 +148,83 @@ async def _worker(engine: Engine, builder: RequestBuilder, built: dict[str, Buil
             out.put_nowait(Result.failure(item.custom_id, ErrorCode.engine_error, f"{type(e).__name__}: {e}"))
 
 
+Page = list[Item | Rejection]
+
+
+async def _memory_pages(job: Job, size: int) -> AsyncIterator[Page]:
+    """A job that came whole (an inline document): its items, then the ones refused at the edge."""
+    rows: Page = [*job.items, *job.rejected]
+    for k in range(0, len(rows), size):
+        yield rows[k:k + size]
+
+
+async def _store_pages(store: Store, ref: ShardRef, size: int, retry_s: float) -> AsyncIterator[Page]:
+    """A shard's staged items, read page by page: memory holds a page, never the job."""
+    at = ref.start
+    while at < ref.end:
+        page = await retrying(lambda at=at: store.read_items(ref.job_id, start_idx=at, end_idx=ref.end, limit=size),
+                              within_s=retry_s)
+        if not page:
+            raise StoreError(f"job {ref.job_id}: items {at}..{ref.end - 1} are not staged")
+        yield page
+        at += len(page)
+
+
+@dataclass
+class _Feed:
+    """Hands a run's items to the workers, page by page, skipping those already stored."""
+
+    pages: AsyncIterator[Page]
+    store: Store | None
+    job_id: str
+    builder: RequestBuilder
+    built: dict[str, Built]
+    tracker: ProgressTracker
+    retry_s: float
+    #: results this run will produce (items handed out plus rejections)
+    expected: int = 0
+
+    async def run(self, work: asyncio.Queue[Item | None], out: asyncio.Queue[_Got], workers: int) -> None:
+        error = None
+        try:
+            async for page in self.pages:
+                await self._page(page, work, out)
+        except StoreError as e:
+            error = f"store: {e}"
+        except Exception as e:
+            log.exception("job %s: reading its items failed", self.job_id)
+            error = f"reading items: {type(e).__name__}: {e}"
+        finally:
+            out.put_nowait(_Fed(error))
+        for _ in range(workers):
+            await work.put(None)
+
+    async def _page(self, page: Page, work: asyncio.Queue[Item | None], out: asyncio.Queue[_Got]) -> None:
+        done: dict[str, ResultStatus] = {}
+        if self.store is not None:
+            store, ids = self.store, [row.custom_id for row in page]
+            done = await retrying(lambda: store.done_ids(self.job_id, ids), within_s=self.retry_s)
+        ok = sum(s == ResultStatus.ok for s in done.values())
+        self.tracker.skip(ok, len(done) - ok)
+        fresh = [row for row in page if row.custom_id not in done]
+        items = [row for row in fresh if isinstance(row, Item)]
+        self.expected += len(fresh)
+        for r in fresh:
+            if isinstance(r, Rejection):
+                out.put_nowait(Result.failure(r.custom_id, r.code, r.describe()))
+        # every request of the page, once, off the loop (templates: CPU work)
+        self.built.update(await asyncio.to_thread(_build_all, self.builder, self.built, items))
+        for item in items:
+            await work.put(item)
+
+
 async def _finish(store: Store | None, job_id: str, outcome: Outcome, summary: Summary, retry_s: float) -> None:
     if store is not None:
         await record_outcome(store, job_id, outcome, summary, retry_s=retry_s)
 
 
 async def run_job(
-    job: Job,
+    job: Job | ShardRef,
     engine: Engine,
     *,
     store: Store | None = None,
@@ -151,68 +233,82 @@ async def run_job(
     chunk_size: int = DEFAULTS.default_chunk_size,
     chunk_interval_s: float = DEFAULTS.default_chunk_interval_s,
     store_retry_s: float = DEFAULTS.store_retry_s,
+    page_items: int = DEFAULTS.read_page_items,
     on_close: Outcome | None = Outcome.cancelled,
     stop: StopSignal | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Event]:
     """Run `job` on `engine`; see the module docstring.
 
+    `job` is a whole Job (an inline document), or a `ShardRef`: one shard of a job whose items are
+    staged in `store`, read page by page. A shard of a job of several shards records nothing about
+    the job itself: its caller decides what the job's outcome is (handler/rollup.py).
+
     `on_close` is what a run records when its consumer closes it or its task is cancelled
     (RunPod's /cancel): `cancelled`, or nothing with None. When `stop` is set, the run stops at
     once: requests in flight are aborted, the results already in are stored and yielded, and the
     final event carries the signal's outcome (`stopped`: anyone can resume the job).
     """
-    size = job.chunk_size or chunk_size
-    interval = job.chunk_interval_s or chunk_interval_s
+    ref = job if isinstance(job, ShardRef) else None
+    whole = ref.options_job() if ref is not None else job
+    assert isinstance(whole, Job)
+    job_id, job_total = whole.id, ref.total if ref is not None else whole.total
+    run_total = ref.size if ref is not None else whole.total
+    records = store if ref is None or not ref.sharded else None  # a shard of several: the caller records
+    shard_of = {"shard": ref.shard, "shards": ref.shards} if ref is not None and ref.sharded else {}
+    if ref is not None and store is None:
+        raise ValueError("a shard's items are in the store: run_job needs `store`")
+    size = whole.chunk_size or chunk_size
+    interval = whole.chunk_interval_s or chunk_interval_s
     try:  # CPU work that grows with the job: in a thread, so the event loop (heartbeats) never starves
-        builder, built = await asyncio.to_thread(builder_for, job, limits, engine.served_models, any_model=any_model)
+        builder, built = await asyncio.to_thread(builder_for, whole, limits, engine.served_models,
+                                                 any_model=any_model)
     except InputError as e:  # a job no engine here can run: say why, run nothing, record it failed
-        final = FinalEvent.failed(job.id, f"invalid job: {e}", total=job.total)
-        await _finish(store, job.id, final.outcome, final.summary, store_retry_s)
-        yield ErrorEvent(job_id=job.id, error=final.summary.reason or "invalid job")
+        final = FinalEvent.failed(job_id, f"invalid job: {e}", total=job_total)
+        await _finish(store, job_id, final.outcome, final.summary, store_retry_s)
+        yield ErrorEvent(job_id=job_id, error=final.summary.reason or "invalid job")
         yield final
         return
 
-    done: dict[str, ResultStatus] = {}
+    tracker = ProgressTracker(run_total, clock=clock)
     if store is not None:
         try:
-            record = job if job.model else job.model_copy(update={"model": engine.model_name})
-            await retrying(lambda: store.begin(record), within_s=store_retry_s)
-            done = await retrying(lambda: store.done_ids(job.id), within_s=store_retry_s)
+            record = whole if whole.model else whole.model_copy(update={"model": engine.model_name})
+            await retrying(lambda: store.begin(record, total=job_total), within_s=store_retry_s)
         except StoreError as e:
-            tracker = ProgressTracker(job.total, clock=clock)
-            yield FinalEvent(job_id=job.id, outcome=Outcome.failed, summary=tracker.summary(f"store: {e}"))
+            yield FinalEvent(job_id=job_id, outcome=Outcome.failed, summary=tracker.summary(f"store: {e}"))
             return
-    skipped_ok = sum(s == ResultStatus.ok for s in done.values())
-    tracker = ProgressTracker(job.total, skipped_ok=skipped_ok, skipped_failed=len(done) - skipped_ok, clock=clock)
-    todo = [i for i in job.items if i.custom_id not in done]
-    requests = await asyncio.to_thread(_build_all, builder, built, todo)  # every request, once, off the loop
+    pages = (_store_pages(store, ref, page_items, store_retry_s) if ref is not None and store is not None
+             else _memory_pages(whole, page_items))
+    feed = _Feed(pages, store, job_id, builder, built, tracker, store_retry_s)
 
-    queue: asyncio.Queue[Result | _Dead | _Stop] = asyncio.Queue()
-    buffer: list[Result] = [Result.failure(r.custom_id, r.code, r.describe())
-                            for r in job.rejected if r.custom_id not in done]
-    items = iter(todo)
-    workers = [asyncio.create_task(_worker(engine, builder, requests, items, queue), name=f"{job.id}-w{i}")
-               for i in range(min(engine.capacity, len(todo)))]
+    queue: asyncio.Queue[_Got] = asyncio.Queue()
+    work: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=max(page_items, engine.capacity))
+    n_workers = max(1, min(engine.capacity, run_total))
+    workers = [asyncio.create_task(_worker(engine, builder, built, work, queue), name=f"{job_id}-w{i}")
+               for i in range(n_workers)]
+    feeder = asyncio.create_task(feed.run(work, queue, n_workers), name=f"{job_id}-feed")
+    tasks = [feeder, *workers]
     stopper = asyncio.create_task(_on_stop(stop, queue)) if stop is not None else None
     seq = 0
     dead: str | None = None
-    stopped = False
+    stopped = fed = False
+    received = 0
+    buffer: list[Result] = []
     last_flush = clock()
-    pending = len(todo)
 
     async def chunk(results: list[Result]) -> ChunkEvent:
         nonlocal seq, last_flush
         if store is not None:  # durable before it is yielded
-            await retrying(lambda: store.write(job.id, results), within_s=store_retry_s)
+            await retrying(lambda: store.write(job_id, results), within_s=store_retry_s)
         for r in results:
             tracker.record(r)
         seq += 1
         last_flush = clock()
-        return ChunkEvent(job_id=job.id, seq=seq, results=results, progress=tracker.snapshot())
+        return ChunkEvent(job_id=job_id, seq=seq, results=results, progress=tracker.snapshot(), **shard_of)
 
     try:
-        while pending and dead is None and not stopped:
+        while not (fed and received == feed.expected) and dead is None and not stopped:
             while len(buffer) >= size:
                 yield await chunk(buffer[:size])
                 del buffer[:size]
@@ -228,12 +324,15 @@ async def run_job(
             while True:
                 if isinstance(got, _Dead):
                     dead = dead or got.reason
+                elif isinstance(got, _Fed):
+                    fed = True
+                    dead = dead or got.error
                 elif isinstance(got, _Stop):
                     stopped = True
-                    await _stop(workers)  # abort what is in flight; keep what is in
+                    await _stop(tasks)  # abort what is in flight; keep what is in
                 else:
                     buffer.append(got)
-                    pending -= 1
+                    received += 1
                 if queue.empty():
                     break
                 got = queue.get_nowait()
@@ -245,14 +344,14 @@ async def run_job(
     except StoreError as e:
         dead = f"store refused a write, stopped: {e}"
     except (asyncio.CancelledError, GeneratorExit):
-        await _stop(workers)
+        await _stop(tasks)
         if on_close is not None:
-            await _finish(store, job.id, on_close, tracker.summary(on_close.value), store_retry_s)
+            await _finish(records, job_id, on_close, tracker.summary(on_close.value), store_retry_s)
         raise
     finally:
         if stopper is not None:
             stopper.cancel()
-        await _stop(workers)
+        await _stop(tasks)
     if dead:
         outcome, summary = Outcome.failed, tracker.summary(dead)
     elif stopped and stop is not None:
@@ -260,17 +359,16 @@ async def run_job(
         summary = tracker.summary("cancelled" if outcome is Outcome.cancelled else
                                   "stopped; stored results are kept, a re-run resumes")
         if not stop.record:
-            yield FinalEvent(job_id=job.id, outcome=outcome, summary=summary)
+            yield FinalEvent(job_id=job_id, outcome=outcome, summary=summary)
             return
     else:
         outcome, summary = Outcome.completed, tracker.summary()
-    await _finish(store, job.id, outcome, summary, store_retry_s)
-    yield FinalEvent(job_id=job.id, outcome=outcome, summary=summary)
-
+    await _finish(records, job_id, outcome, summary, store_retry_s)
+    yield FinalEvent(job_id=job_id, outcome=outcome, summary=summary)
 
 
 async def _stop(workers: list[asyncio.Task[None]]) -> None:
-    """Cancel the workers (aborting their requests in the engine) and wait for them."""
+    """Cancel the workers and the feeder (aborting requests in the engine) and wait for them."""
     for w in workers:
         w.cancel()
     await asyncio.gather(*workers, return_exceptions=True)

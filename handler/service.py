@@ -17,14 +17,19 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 from handler.engine.base import Engine
+from handler.rollup import conclude
 from handler.runner import run_job
 from shared.contracts.compat import from_worker_vllm, is_worker_vllm
-from shared.contracts.events import Event, Outcome
+from shared.contracts.errors import InputError, Issue
+from shared.contracts.events import Event, FinalEvent, Outcome
 from shared.contracts.inputs import parse_job_document
 from shared.contracts.models import Job, Summary
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings
+from shared.contracts.shards import ShardRef, is_shard_ref
 from shared.stores import Store, open_store
 from shared.stores.base import record_outcome
 
@@ -72,12 +77,19 @@ class JobService:
             self._store = open_store(self.settings)
         return self._store
 
-    def parse(self, payload: Any, *, default_id: str | None = None) -> Job:
-        """A validated Job from a platform's input: a Job document or a worker-vllm request.
+    def parse(self, payload: Any, *, default_id: str | None = None) -> Job | ShardRef:
+        """What a platform's input asks to run: a shard of a staged job (what our dispatchers send), or a
+        whole Job document or a worker-vllm request (a caller of the platform's own API).
 
         `default_id` (the platform's request id) names the job when the input gives no `id`, so
         the platform's id finds the job in the store too.
         """
+        if is_shard_ref(payload):
+            try:
+                return ShardRef.model_validate(payload)
+            except ValidationError as e:
+                raise InputError([Issue(f"not a valid shard reference: {e.errors()[0]['msg']}", field="shard")]
+                                 ) from None
         doc = from_worker_vllm(payload) if is_worker_vllm(payload) else payload
         if default_id and isinstance(doc, dict) and not doc.get("id"):
             doc = {**doc, "id": default_id}
@@ -90,11 +102,18 @@ class JobService:
             summary = Summary.empty(0, reason)
             await record_outcome(self.store, job_id, Outcome.failed, summary, retry_s=self.settings.store_retry_s)
 
-    def events(self, job: Job) -> AsyncIterator[Event]:
-        """Run `job` through the runner with the store: chunks as they are stored, then the final event."""
+    async def events(self, job: Job | ShardRef) -> AsyncIterator[Event]:
+        """Run `job` (or one shard) through the runner with the store: chunks as they are stored, then
+        the job's final event, when this run ended the job (a shard of several: handler/rollup.py)."""
         s = self.settings
-        return run_job(job, self.engine, store=self.store, limits=self.limits, chunk_size=s.default_chunk_size,
-                       chunk_interval_s=s.default_chunk_interval_s, store_retry_s=s.store_retry_s)
+        async for event in run_job(job, self.engine, store=self.store, limits=self.limits,
+                                   chunk_size=s.default_chunk_size, chunk_interval_s=s.default_chunk_interval_s,
+                                   store_retry_s=s.store_retry_s, page_items=s.read_page_items):
+            if isinstance(event, FinalEvent):
+                ended = await conclude(self.store, job, event, retry_s=s.store_retry_s)
+                yield ended if ended is not None else event
+                continue
+            yield event
 
     async def close(self) -> None:
         if self._store is not None:

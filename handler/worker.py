@@ -26,13 +26,15 @@ import socket
 from dataclasses import dataclass, field
 
 from handler.engine.base import Engine
+from handler.rollup import conclude, end_job
 from handler.runner import StopSignal, run_job
 from shared.contracts.errors import LLMJobsError, QueueError
 from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome
-from shared.contracts.models import Job, Summary
+from shared.contracts.models import Summary
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import DEFAULTS
-from shared.queue.upstash import JobQueue, Lease
+from shared.contracts.shards import ShardRef
+from shared.queue.upstash import JobQueue, Lease, Work
 from shared.stores.base import Store, record_outcome
 
 log = logging.getLogger("llm_jobs.worker")
@@ -56,7 +58,7 @@ class Worker:
     def __init__(self, engine: Engine, queue: JobQueue, store: Store, *, worker_id: str | None = None,
                  concurrency: int = 1, lease_s: float = DEFAULTS.lease_s, drain: bool = False,
                  limits: Limits = Limits(), store_retry_s: float = DEFAULTS.store_retry_s, poll_min_s: float = 0.2,
-                 poll_max_s: float = 5.0):
+                 poll_max_s: float = 5.0, page_items: int = DEFAULTS.read_page_items):
         self.engine, self.queue, self.store = engine, queue, store
         self.worker_id = worker_id or default_worker_id()
         self.concurrency = concurrency
@@ -65,6 +67,7 @@ class Worker:
         self.limits = limits
         self.store_retry_s = store_retry_s
         self.poll_min_s, self.poll_max_s = poll_min_s, poll_max_s
+        self.page_items = page_items
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
         self._running: set[StopSignal] = set()
@@ -83,7 +86,7 @@ class Worker:
         return self._stopping.is_set()
 
     def _log(self, lease: Lease, msg: str, *args: object, level: int = logging.INFO) -> None:
-        log.log(level, "job=%s worker=%s attempt=%d " + msg, lease.job.id, self.worker_id, lease.attempt, *args)
+        log.log(level, "job=%s worker=%s attempt=%d " + msg, lease.entry_id, self.worker_id, lease.attempt, *args)
 
     async def run(self) -> WorkerStats:
         running: set[asyncio.Task[None]] = set()
@@ -101,7 +104,7 @@ class Worker:
                         log.warning("worker=%s queue: %s", self.worker_id, e)
                 if lease is not None:
                     idle = self.poll_min_s
-                    task = asyncio.create_task(self._process(lease), name=f"job-{lease.job.id}")
+                    task = asyncio.create_task(self._process(lease), name=f"job-{lease.entry_id}")
                     running.add(task)
                     task.add_done_callback(running.discard)
                     continue
@@ -137,8 +140,9 @@ class Worker:
                 self._log(lease, "heartbeat failed: %s", e, level=logging.WARNING)
 
     async def _process(self, lease: Lease) -> None:
-        job = lease.job
-        self._log(lease, "running %d item(s)", job.total)
+        job, job_id = lease.job, lease.job_id
+        self._log(lease, "running %s of %d item(s)", job.label() if isinstance(job, ShardRef) else "the whole job",
+                  job.total)
         stop = StopSignal()
         self._running.add(stop)
         if self.stopping:
@@ -148,20 +152,20 @@ class Worker:
         invalid = False
         crash: str | None = None
         gen = run_job(job, self.engine, store=self.store, limits=self.limits, store_retry_s=self.store_retry_s,
-                      stop=stop, on_close=None)
+                      page_items=self.page_items, stop=stop, on_close=None)
         try:
             async for event in gen:
                 if isinstance(event, FinalEvent):
                     final = event  # published by _settle, once it knows whether the job is over
                     continue
                 invalid = invalid or isinstance(event, ErrorEvent)
-                await self._publish(job.id, event)
-                if isinstance(event, ChunkEvent) and not stop.is_set() and await self._cancelled(job.id):
+                await self._publish(job_id, event)
+                if isinstance(event, ChunkEvent) and not stop.is_set() and await self._cancelled(job_id):
                     stop.set(Outcome.cancelled)
         except Exception as e:  # a bug must not kill the worker; the job is retried, then dead-lettered
             crash = f"{type(e).__name__}: {e}"
             self._log(lease, "crashed: %s", crash, level=logging.ERROR)
-            log.exception("job=%s worker=%s crash", job.id, self.worker_id)
+            log.exception("job=%s worker=%s crash", lease.entry_id, self.worker_id)
         finally:
             await gen.aclose()
             beat.cancel()
@@ -180,33 +184,35 @@ class Worker:
 
     async def _settle(self, lease: Lease, final: FinalEvent | None, *, lost: bool, invalid: bool,
                       crash: str | None) -> None:
-        """Settle the lease by the run's outcome; publish the final event only when the job is over
-        (a stopped job, or a failed one that will be retried, runs again: its readers keep waiting)."""
+        """Settle the lease by the run's outcome; publish the job's final event only when the job is over
+        (a stopped job, or a failed one that will be retried, runs again: its readers keep waiting; a
+        shard's end is the job's only when it was the last: handler/rollup.py)."""
         job = lease.job
         match final.outcome if final is not None else None:
             case _ if lost:
                 self._log(lease, "abandoned (lease lost; another worker has it)", level=logging.WARNING)
             case Outcome.completed:
                 await self.queue.ack(lease)
-                await self._publish(job.id, final)
+                await self._conclude(lease, final)
                 self.stats.done += 1
                 s = final.summary
                 self._log(lease, "completed: %s ok, %s failed, %s skipped", s.completed, s.failed, s.skipped)
             case Outcome.cancelled:
                 await self.queue.ack(lease)
-                await self._publish(job.id, final)
+                await self._conclude(lease, final)
                 self.stats.cancelled += 1
                 self._log(lease, "cancelled")
             case Outcome.stopped:
                 await self._release(lease)
             case Outcome.failed if invalid:  # no engine here can ever run it: no retry
                 await self.queue.nack(lease, final.summary.reason or "invalid job", dead_letter=True)
-                await self._publish(job.id, final)
+                await self._dead(lease, final, final.summary.reason or "invalid job")
                 self.stats.dead_lettered += 1
                 self._log(lease, "invalid job, dead-lettered: %s", final.summary.reason, level=logging.WARNING)
             case _ if self.stopping:  # e.g. Ctrl-C reached the engine's processes too: not the job's fault
                 await self._release(lease)
-                await self._record(job, Outcome.stopped, final, "handed back: the worker stopped")
+                if not job.sharded:
+                    await self._record(job, Outcome.stopped, final, "handed back: the worker stopped")
             case _:  # failed, or crashed before its final event
                 reason = crash or (final.summary.reason if final else None) or "failed"
                 verdict = await self.queue.nack(lease, reason)
@@ -214,9 +220,8 @@ class Worker:
                 self.stats.errors.append(reason)
                 if verdict == "dead":
                     self.stats.dead_lettered += 1
-                    ended = await self._record(job, Outcome.failed, final, reason)
-                    await self._publish(job.id, ended)
-                else:  # it runs again after a backoff: waiting, not failed
+                    await self._dead(lease, final, reason)
+                elif not job.sharded:  # it runs again after a backoff: waiting, not failed
                     await self._record(job, Outcome.stopped, final, f"attempt {lease.attempt} failed, will retry: "
                                        f"{reason}")
                 self._log(lease, "failed (%s): %s", verdict, reason, level=logging.WARNING)
@@ -224,11 +229,31 @@ class Worker:
                     self._engine_dead = True
                     self.stop()
 
-    async def _record(self, job: Job, outcome: Outcome, final: FinalEvent | None, reason: str) -> FinalEvent:
+    async def _conclude(self, lease: Lease, final: FinalEvent) -> None:
+        """Publish the job's final event when this run ended the job (always, for a job of one shard)."""
+        ended = await conclude(self.store, lease.job, final, retry_s=self.store_retry_s)
+        if ended is not None:
+            await self._publish(lease.job_id, ended)
+
+    async def _dead(self, lease: Lease, final: FinalEvent | None, reason: str) -> None:
+        """A dead-lettered entry fails its job; the job's other shards are stopped (they would be wasted)."""
+        if lease.job.sharded:
+            ended = await end_job(self.store, lease.job_id, Outcome.failed,
+                                  f"{lease.job.label()} failed: {reason}", retry_s=self.store_retry_s)
+            try:
+                await self.queue.cancel(lease.job_id)
+            except QueueError as e:
+                self._log(lease, "could not stop the job's other shards: %s", e, level=logging.WARNING)
+        else:
+            ended = await self._record(lease.job, Outcome.failed, final, reason)
+        if ended is not None:
+            await self._publish(lease.job_id, ended)
+
+    async def _record(self, job: Work, outcome: Outcome, final: FinalEvent | None, reason: str) -> FinalEvent:
         """Record what the worker decided over the runner's outcome (a retry pending, a dead letter)."""
         base = final.summary if final is not None else Summary.empty(job.total)
-        ended = FinalEvent(job_id=job.id, outcome=outcome, summary=base.model_copy(update={"reason": reason}))
-        await record_outcome(self.store, job.id, outcome, ended.summary, retry_s=self.store_retry_s)
+        ended = FinalEvent(job_id=job.job_id, outcome=outcome, summary=base.model_copy(update={"reason": reason}))
+        await record_outcome(self.store, job.job_id, outcome, ended.summary, retry_s=self.store_retry_s)
         return ended
 
     async def _release(self, lease: Lease) -> None:

@@ -151,7 +151,7 @@ class PgCluster:
 
     def truncate(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("truncate job_items, job_results, jobs")
+            conn.execute("truncate file_items, files, job_items, job_results, jobs")
 
     def query(self, sql: str, *params: object) -> list[tuple]:
         with psycopg.connect(self.url, autocommit=True) as conn:

@@ -4,18 +4,22 @@ through the real supabase-py client (there is no PostgREST server here).
 It carries out what PostgREST does for the requests llm-jobs makes, the way PostgREST does it:
 - auth: the `apikey` header and `Authorization: Bearer` must carry the key (else 401 PGRST301);
 - GET /rest/v1/<table>?select=&<col>=<op>.<value>&order=&limit=&offset= (eq, neq, gt, gte, lt,
-  lte, is, in), answered with `json_agg` of the rows, as PostgREST does;
+  lte, is, in), answered with `json_agg` of the rows, as PostgREST does; an `in.(a,"b,c")` list is
+  read as PostgREST reads it (double-quoted elements, backslash escapes within them; `in.()` matches
+  nothing);
 - POST (insert / upsert): rows go through `json_populate_recordset(null::<table>, body)` over
   the `columns` parameter, so a key a row lacks becomes NULL (`missing=default` is honoured),
   with `on_conflict` and `Prefer: resolution=merge-duplicates|ignore-duplicates`;
-- PATCH with filters: only the keys sent are set;
+- PATCH with filters (any of the above, `in` included): only the keys sent are set, in one UPDATE,
+  so a PATCH filtered on a column it sets is atomic; with `return=representation` the rows it
+  updated come back (200, `[]` when none matched);
 - `Prefer: return=minimal|representation`, `Prefer: count=exact` on writes (`Content-Range: */N`,
   N the rows written); a filter may name a column twice (`idx=gte.0&idx=lt.9`), and compares as
   the column's type; Postgres errors as `{code, message, details, hint}`
   with PostgREST's status codes; a database it cannot reach is a 503 PGRST001.
 (`Prefer: missing=default` is refused: llm-jobs always sends every column.)
 It connects as a superuser, like the service role, so row-level security does not apply.
-Every request is recorded in `.log` for wire checks, with its body's size in bytes.
+Every request is recorded in `.log` for wire checks, with its body's size in bytes and its URL.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Seen:
     headers: dict[str, str]
     body: Any = field(default=None)
     size: int = 0
+    #: the whole URL as sent (its length is what proxies limit)
+    url: str = ""
 
 
 #: PostgREST's HTTP status for a Postgres error: exact SQLSTATEs first, then by class (the first two
@@ -49,6 +55,46 @@ _STATUS_EXACT = {"23503": 409, "23505": 409, "25006": 405, "42501": 403, "42883"
 _STATUS_CLASS = {"08": 503, "09": 500, "0L": 403, "0P": 403, "25": 500, "28": 403, "2D": 500, "38": 500,
                  "39": 500, "3B": 500, "40": 500, "53": 503, "54": 500, "55": 500, "57": 500, "58": 500,
                  "F0": 500, "HV": 500, "P0": 500, "XX": 500}
+
+
+def _in_list(value: str, expr: str) -> list[str]:
+    """The values of an `in.(...)` filter as PostgREST's parser reads them: comma-separated, each either
+    double-quoted (a backslash escapes the next character; commas and parentheses are kept) or bare
+    (up to the next comma or closing parenthesis, taken as it is)."""
+    bad = PostgrestError(400, "PGRST100", f'"failed to parse filter (in.{value})"', f"in filter: {expr}")
+    if not (value.startswith("(") and value.endswith(")")):
+        raise bad
+    body, out, k = value[1:-1], [], 0
+    if body == "":
+        return []
+    while True:
+        if k < len(body) and body[k] == '"':
+            k += 1
+            chars = []
+            while k < len(body) and body[k] != '"':
+                if body[k] == "\\":
+                    k += 1
+                    if k == len(body):
+                        raise bad
+                chars.append(body[k])
+                k += 1
+            if k == len(body):  # no closing quote
+                raise bad
+            k += 1
+            out.append("".join(chars))
+        else:
+            end = k
+            while end < len(body) and body[end] not in ",)":
+                end += 1
+            if end < len(body) and body[end] == ")":
+                raise bad
+            out.append(body[k:end])
+            k = end
+        if k == len(body):
+            return out
+        if body[k] != ",":
+            raise bad
+        k += 1
 
 
 def _status(state: str) -> int:
@@ -71,7 +117,8 @@ class PostgrestError(Exception):
 
 
 class PostgrestTransport(httpx.AsyncBaseTransport):
-    def __init__(self, dsn: str, key: str, tables: tuple[str, ...] = ("jobs", "job_results", "job_items")):
+    def __init__(self, dsn: str, key: str,
+                 tables: tuple[str, ...] = ("jobs", "job_results", "job_items", "files", "file_items")):
         self.key = key
         self.tables = tables
         self.log: list[Seen] = []
@@ -87,7 +134,7 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
         body = json.loads(request.content) if request.content else None
         params = dict(request.url.params)
         self.log.append(Seen(request.method, request.url.path, params, dict(request.headers), body,
-                             len(request.content)))
+                             len(request.content), str(request.url)))
         pairs = request.url.params.multi_items()
         try:
             self._auth(request)
@@ -169,8 +216,12 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
             elif op == "is" and value in ("null", "true", "false"):
                 parts.append(sql.SQL("{} is " + value).format(ident))
             elif op == "in":
-                parts.append(sql.SQL("{}::text = any(%s)").format(ident))
-                args.append([v.strip('"') for v in value.strip("()").split(",") if v])
+                values = _in_list(value, expr)
+                if name in self._numeric.get(table, {}):
+                    parts.append(sql.SQL("{} = any(%s::" + self._numeric[table][name] + "[])").format(ident))
+                else:
+                    parts.append(sql.SQL("{}::text = any(%s::text[])").format(ident))
+                args.append(values)
             else:
                 raise PostgrestError(400, "PGRST100", f'"failed to parse filter ({expr})"')
         where = sql.SQL(" where ") + sql.SQL(" and ").join(parts) if parts else sql.SQL("")

@@ -132,38 +132,43 @@ class FakeRunpod:
             return JSONResponse({"error": "Unauthorized"}, status_code=401)
         return None
 
-    async def run(self, request: Request) -> Response:
+    async def _body(self, request: Request, operation: str, limit: int) -> dict[str, Any] | Response:
+        """The request's JSON body, or the answer RunPod gives instead (401, 413)."""
         if (refused := self._refused(request)) is not None:
             return refused
         raw = await request.body()
-        if len(raw) > RUN_MAX_BYTES:
-            return JSONResponse(payload_too_large("run", len(raw), RUN_MAX_BYTES), status_code=413)
-        body = json.loads(raw)
+        if len(raw) > limit:
+            return JSONResponse(payload_too_large(operation, len(raw), limit), status_code=413)
+        return json.loads(raw)
+
+    def _enqueue(self, job_id: str, job_input: Any) -> None:
+        """Queue a job for the worker (call with the lock held)."""
+        self._queue.append({"id": job_id, "input": job_input})
+        self._states[job_id] = "IN_QUEUE"
+        self.seen.runs.append((job_id, job_input))
+
+    async def run(self, request: Request) -> Response:
+        body = await self._body(request, "run", RUN_MAX_BYTES)
+        if isinstance(body, Response):
+            return body
         with self._lock:
             if self.refuse_runs > 0:
                 self.refuse_runs -= 1
                 return JSONResponse({"error": "Too Many Requests"}, status_code=429)
             job_id = f"rp-{next(self._ids)}"
-            self._queue.append({"id": job_id, "input": body["input"]})
-            self._states[job_id] = "IN_QUEUE"
-            self.seen.runs.append((job_id, body["input"]))
+            self._enqueue(job_id, body["input"])
             delay = self.delay_runs.pop(0) if self.delay_runs else 0.0
         if delay:
             await asyncio.sleep(delay)  # the job is queued; only the answer is late
         return JSONResponse({"id": job_id, "status": "IN_QUEUE"})
 
     async def runsync(self, request: Request) -> Response:
-        if (refused := self._refused(request)) is not None:
-            return refused
-        raw = await request.body()
-        if len(raw) > RUNSYNC_MAX_BYTES:
-            return JSONResponse(payload_too_large("runsync", len(raw), RUNSYNC_MAX_BYTES), status_code=413)
-        body = json.loads(raw)
+        body = await self._body(request, "runsync", RUNSYNC_MAX_BYTES)
+        if isinstance(body, Response):
+            return body
         with self._lock:
             job_id = f"sync-{next(self._ids)}"
-            self._queue.append({"id": job_id, "input": body["input"]})
-            self._states[job_id] = "IN_QUEUE"
-            self.seen.runs.append((job_id, body["input"]))
+            self._enqueue(job_id, body["input"])
         for _ in range(max(1, int(self.runsync_wait_s / 0.05))):  # polls the state the worker's calls move
             if self.state(job_id) not in ("IN_QUEUE", "IN_PROGRESS"):
                 break

@@ -1,8 +1,9 @@
 """What modal_app.py's class and Cron do, kept here so the app file stays wiring only.
 
 Nothing here imports modal: it is plain async code over a JobService, so it runs (and is
-tested) anywhere. Inputs are Job documents (the wire format, docs/architecture.md); outputs are
-events as JSON (shared/contracts/events.py).
+tested) anywhere. Inputs are shard references of staged jobs (what the API spawns, one call per
+shard: shared/contracts/shards.py) or whole Job documents; outputs are events as JSON
+(shared/contracts/events.py).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ What it yields, and how RunPod reports it:
 - a valid job streams our events: one `chunk` event per stored chunk, then the `final` event.
   With `return_aggregate_stream`, `/status` ends COMPLETED with the list of every event, and
   `/stream` shows them as they come. Item errors live inside the results: the job completes.
+- a shard of a staged job (what our dispatcher sends: `{"kind": "shard", ...}`, see
+  shared/contracts/shards.py) reads its items from the store page by page, and its chunk events
+  carry progress without results: the worker never holds a job's results (RunPod's aggregate
+  keeps every yield until the request ends). Results are read from the store
+  (`GET /v1/jobs/{id}/results`); the final event carries the summary.
 - invalid input yields one `{"error": "invalid input: <field>: <message>; ..."}`. The SDK treats
   a yielded dict with `error` as the job's failure, so `/status` says FAILED with that message
   (and no traceback, which is what an exception would give).
@@ -29,6 +34,7 @@ from shared.contracts.compat import is_worker_vllm
 from shared.contracts.errors import InputError
 from shared.contracts.events import ChunkEvent, FinalEvent, Outcome
 from shared.contracts.models import Result
+from shared.contracts.shards import ShardRef
 
 log = logging.getLogger("llm_jobs.runpod")
 
@@ -61,16 +67,22 @@ class RunpodHandler:
             await self.service.refuse(payload.get("id") if isinstance(payload, dict) else None, f"invalid input: {e}")
             yield {"error": f"invalid input: {e}"}
             return
-        log.info("runpod job=%s running %d item(s) as job %s", rp_job.get("id"), job.total, job.id)
-        await self._keep_request_id(job.id, rp_job.get("id"))
+        log.info("runpod job=%s running %d item(s) as job %s", rp_job.get("id"), job.total, job.entry_id)
+        if not job.sharded:  # a job of several shards: the dispatcher keeps every shard's request id
+            await self._keep_request_id(job.job_id, rp_job.get("id"))
         if is_worker_vllm(payload):
             async for out in self._worker_vllm(job):
                 yield out
             return
+        staged = isinstance(job, ShardRef)
         async for event in self.service.events(job):
+            if staged and isinstance(event, ChunkEvent):
+                # a staged job's results are read from the store: RunPod's aggregate (every yield,
+                # kept in this worker until the request ends) holds progress only, never results
+                event = event.model_copy(update={"results": []})
             yield event.model_dump(mode="json")
             if isinstance(event, FinalEvent) and event.outcome is Outcome.failed:
-                yield {"error": f"job {job.id} failed: {event.summary.reason or 'failed'}"}
+                yield {"error": f"job {job.job_id} failed: {event.summary.reason or 'failed'}"}
 
     async def _keep_request_id(self, job_id: str, request_id: Any) -> None:
         """Our job id -> RunPod's request id, in the store, so `/cancel` reaches this run from any API

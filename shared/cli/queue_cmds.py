@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shared.cli.common import EXIT_ITEMS_FAILED, EXIT_JOB_FAILED, EXIT_OK, err, job_options, load, setup_logging
-from shared.contracts.errors import LLMJobsError, QueueError
+from shared.contracts.errors import LLMJobsError, NotFound, QueueError
 from shared.contracts.events import ChunkEvent, FinalEvent, Outcome, ProgressEvent
 from shared.contracts.models import Job
 from shared.contracts.settings import Settings, get_settings
@@ -58,7 +58,8 @@ def _on_queue(call: Callable[[JobQueue], Awaitable[T]], settings: Settings | Non
 def submit(
     input: Annotated[Path, typer.Argument(help="Job JSON, items JSONL or OpenAI Batch JSONL.", exists=True,
                                           dir_okay=False)],
-    priority: Annotated[Literal["high", "default"], typer.Option(help="Queue to use.")] = "default",
+    priority: Annotated[Literal["high", "default"], typer.Option(
+        help="high: its shards are taken before default ones (every backend that queues).")] = "default",
     job_id: Annotated[str | None, typer.Option(help="Job id (the idempotency key).")] = None,
     template: Annotated[Path | None, typer.Option(help="Jinja2 template file over item fields.")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
@@ -74,11 +75,18 @@ def submit(
     opts = job_options(job_id=job_id, template=template, system=system, schema=schema, json_object=False,
                        max_tokens=max_tokens, temperature=None, top_p=None, seed=None, chunk_size=chunk_size,
                        chunk_interval=None)
+    if backend == "http" and input.suffix.lower() in (".jsonl", ".ndjson"):
+        from shared.cli.sdk_submit import submit_with_sdk
+
+        # streamed to POST /v1/files and validated there line by line: never read whole here
+        submit_with_sdk(input, backend, settings, wait=wait, options={**opts, "priority": priority})
+        return
     job = load(input, settings, opts, any_model=backend != "queue", strict=backend != "queue")
     if backend != "queue":
         from shared.cli.sdk_submit import submit_with_sdk
 
-        submit_with_sdk(job, backend, settings, wait=wait or backend == "local")
+        high = {"priority": "high"} if priority == "high" else None  # none: the validated job goes as it is
+        submit_with_sdk(job, backend, settings, wait=wait or backend == "local", options=high)
         return
 
     accepted = _run(_submit(job, settings, priority))
@@ -110,16 +118,35 @@ def watch(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
 
 
 async def _watch(jobs: JobLifecycle, job_id: str) -> FinalEvent:
+    """One bar for the job and, for a job of several shards, one per shard while it runs (a shard's
+    chunk events carry its own progress; the job's bar adds them up)."""
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("[red]{task.fields[failed]} failed"), TextColumn("ETA {task.fields[eta]}"),
                    TimeElapsedColumn(), console=err)
+    shards: dict[int, tuple[int, int]] = {}  # shard -> (done, failed), from its latest chunk
+    rows: dict[int, TaskID] = {}
     try:
         with bar:
-            task = bar.add_task(job_id, total=None, failed=0, eta="?")
+            try:  # the job's size and what is stored already (the events may come before the store has it)
+                record = await jobs.get(job_id)
+                total, done, failed = record.total or None, record.completed + record.failed, record.failed
+            except NotFound:
+                total, done, failed = None, 0, 0
+            task = bar.add_task(job_id, total=total, completed=done, failed=failed, eta="?")
             async for ev in jobs.follow(job_id):
                 match ev.event:
                     case FinalEvent() as final:
                         return final
+                    case ChunkEvent(progress=p, shard=int(k), shards=int(n)):
+                        shards[k] = (p.completed + p.failed, p.failed)
+                        if k not in rows:
+                            rows[k] = bar.add_task(f"  shard {k + 1}/{n}", total=p.total, failed=0, eta="?")
+                        bar.update(rows[k], completed=p.completed + p.failed, failed=p.failed,
+                                   eta="?" if p.eta_s is None else f"{p.eta_s:.0f}s")
+                        if p.completed + p.failed >= p.total:
+                            bar.remove_task(rows.pop(k))  # done: keep the screen to the shards that run
+                        bar.update(task, completed=sum(d for d, _ in shards.values()),
+                                   failed=sum(f for _, f in shards.values()))
                     case ChunkEvent(progress=p):
                         bar.update(task, total=p.total, completed=p.completed + p.failed, failed=p.failed,
                                    eta="?" if p.eta_s is None else f"{p.eta_s:.0f}s")

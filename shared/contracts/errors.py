@@ -104,13 +104,18 @@ class PayloadTooLarge(InputError):
     """The job, as its transport would carry it, is over that transport's size limit (Upstash's per
     request, RunPod's /run body). It is refused before anything is sent; the API answers 413."""
 
-    def __init__(self, *, transport: str, size: int, limit: int):
+    def __init__(self, *, transport: str, size: int, limit: int, reference: bool = False):
         self.transport, self.size, self.limit = transport, size, limit
+        over = (f"{size / 2**20:.1f} MiB ({size} bytes) as a request to {transport}, over its limit of "
+                f"{limit / 2**20:.1f} MiB ({limit} bytes) a request; nothing was sent. ")
         #: the whole sentence, for the API's 413 and the log
-        self.message = (f"this job is {size / 2**20:.1f} MiB ({size} bytes) as a request to {transport}, over "
-                        f"its limit of {limit / 2**20:.1f} MiB ({limit} bytes) a request; nothing was sent. "
-                        "Split it into smaller jobs, or run it with DISPATCHER=local (no transport in between)")
-        super().__init__([Issue(self.message, field="items")])
+        self.message = (
+            f"this job's options (its template, schema and metadata; its items stay in the store) are {over}"
+            "Make them smaller: keep big data in the items, not in the metadata or the template"
+            if reference else
+            f"this job is {over}Split it into smaller jobs, or submit it through the API or `llm-jobs submit`, "
+            "which stage its items in the store and send only references")
+        super().__init__([Issue(self.message, field="metadata" if reference else "items")])
 
 
 class EngineError(LLMJobsError):

@@ -51,7 +51,11 @@ class ChunkEvent(BaseModel):
     #: 1, 2, 3... within one run of the job
     seq: int
     results: list[Result]
+    #: this run's progress: the whole job's, or, in a job of several shards, this shard's (`shard`)
     progress: Progress
+    #: which shard ran (0-based) and how many the job has; None: a job of one shard
+    shard: int | None = None
+    shards: int | None = None
 
 
 class ProgressEvent(BaseModel):

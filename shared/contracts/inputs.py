@@ -121,6 +121,19 @@ def parse_job_document(doc: Any, *, options: dict[str, Any] | None = None, **che
     return _parse_rows([(None, it) for it in raw_items], {**doc, **(options or {})}, rejected=rejected, **checks)
 
 
+def parse_job_options(doc: dict[str, Any], *, limits: Limits = Limits(), served_models: frozenset[str] = frozenset(),
+                      any_model: bool = False) -> JobOptions:
+    """A job's options alone, checked as a job's are (schema caps, the template, the model): for a job
+    whose items are staged already (an uploaded file's lines)."""
+    _check_schema_first(doc, limits)
+    try:
+        opts = JobOptions.model_validate(doc)
+    except ValidationError as e:
+        raise InputError(_issues(e)) from e
+    RequestBuilder(opts, limits, served_models, any_model=any_model)  # job-level problems: InputError
+    return opts
+
+
 def _parse_rows(
     rows: list[tuple[int | None, Any]],
     opts: dict[str, Any],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -177,6 +177,8 @@ class JobOptions(_Strict):
     chunk_interval_s: float | None = Field(default=None, gt=0, le=3600)
     #: the result format a reader gets by default: OpenAI in, OpenAI out
     result_format: Literal["ours", "openai"] = "ours"
+    #: which queue a job waits in: "high" drains first (the queue dispatcher; others ignore it)
+    priority: Literal["high", "default"] = "default"
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -202,6 +204,19 @@ class Job(JobOptions):
     @property
     def total(self) -> int:
         return len(self.items) + len(self.rejected)
+
+    # The names a ShardRef also has (shared/contracts/shards.py): a whole job is its own one shard.
+    #: never split: it runs whole
+    sharded: ClassVar[bool] = False
+
+    @property
+    def job_id(self) -> str:
+        return self.id
+
+    @property
+    def entry_id(self) -> str:
+        """The queue's key for it."""
+        return self.id
 
 
 # ## Output
@@ -283,6 +298,9 @@ class JobRecord(BaseModel):
     total: int = 0
     completed: int = 0
     failed: int = 0
+    #: tokens of the stored results, counted by the store like completed and failed
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None

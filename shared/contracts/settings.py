@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     item_timeout_s: float = Field(default=600, gt=0)
     #: jobs one worker process runs at once on its single engine (RunPod concurrency, Modal max_inputs)
     jobs_per_worker: int = Field(default=4, ge=1)
+    #: items per shard: a bigger job is split into shards, each one queue entry, RunPod request or Modal
+    #: call, that workers take independently (README, "Big jobs")
+    shard_size: int = Field(default=1000, ge=1)
+    #: items staged in the store per write when a job or a file is submitted
+    stage_batch_items: int = Field(default=2000, ge=1)
+    #: items a worker reads from the store at a time while it runs a shard
+    read_page_items: int = Field(default=500, ge=1)
+    #: bytes of one uploaded file (POST /v1/files); it streams to the store, never whole in memory
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
 
     # ## The store (first match wins: Supabase, then DATABASE_URL, then the local SQLite file)
     supabase_url: str | None = None

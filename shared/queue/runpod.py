@@ -32,6 +32,7 @@ from shared.contracts.errors import LLMJobsError, PayloadTooLarge
 from shared.contracts.models import JobStatus
 from shared.contracts.retry import transient, with_retries
 from shared.contracts.settings import DEFAULTS
+from shared.contracts.shards import is_shard_ref
 
 #: RunPod's job states, as the statuses of our jobs
 STATUSES: dict[str, JobStatus] = {"IN_QUEUE": JobStatus.queued, "IN_PROGRESS": JobStatus.running,
@@ -53,7 +54,7 @@ def run_body(job_input: Any, *, limit: int = RUN_MAX_BYTES) -> bytes:
     it is over RunPod's limit. CPU work on the whole input: call it in a thread for a big job."""
     body = json.dumps({"input": job_input}, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     if len(body) > limit:
-        raise PayloadTooLarge(transport=TRANSPORT, size=len(body), limit=limit)
+        raise PayloadTooLarge(transport=TRANSPORT, size=len(body), limit=limit, reference=is_shard_ref(job_input))
     return body
 
 

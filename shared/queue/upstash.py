@@ -1,13 +1,19 @@
 """A reliable job queue on Upstash Redis, over REST (no blocking commands).
 
+An entry is one shard of a job (shared/contracts/shards.py): its id is the job id for a job of
+one shard, `<job id>#<shard>` otherwise, and its document is the shard's reference (the job's
+options and an idx range), never the items, which are in the store. A whole `Job` document may be
+queued too (an inline job: it is measured against the request limit).
+
 Keys, under `QUEUE_PREFIX`:
-    q:high, q:default   lists of job ids (LPUSH in, RPOP out: FIFO; high drains first)
-    job:<id>            the job document (TTL JOB_TTL_S; its existence makes enqueue idempotent)
-    meta:<id>           hash: priority, attempts, state, worker, token (the lease's), last_error
-    processing          zset: id -> lease deadline (ms, Redis server time)
-    delayed             zset: id -> when a retry may run (ms)
-    dead                list of ids that used up MAX_ATTEMPTS (meta keeps the last error)
-    cancel:<id>         a flag a running worker checks at every chunk
+    q:high, q:default   lists of entry ids (LPUSH in, RPOP out: FIFO; high drains first)
+    job:<entry>         the entry's document (TTL JOB_TTL_S; its existence makes enqueue idempotent)
+    meta:<entry>        hash: priority, attempts, state, worker, token (the lease's), last_error
+    processing          zset: entry -> lease deadline (ms, Redis server time)
+    delayed             zset: entry -> when a retry may run (ms)
+    dead                list of entries that used up MAX_ATTEMPTS (meta keeps the last error)
+    shards:<job id>     how many shards the job has (cancel reaches every one)
+    cancel:<job id>     a flag a running worker checks at every chunk (all of the job's shards)
     events:<id>         a capped stream of the job's events (EVENTS_MAXLEN), TTL refreshed at each write
     trim:<id>           the last event id trimmed from that stream: a reader behind it gets a `gap`
 
@@ -38,6 +44,7 @@ from shared.contracts.errors import PayloadTooLarge, QueueError, QueueUnavailabl
 from shared.contracts.events import Event, GapEvent, parse_event
 from shared.contracts.models import Job
 from shared.contracts.settings import DEFAULTS, Settings
+from shared.contracts.shards import ShardRef, is_shard_ref
 
 Priority = Literal["high", "default"]
 PRIORITIES: tuple[Priority, ...] = ("high", "default")
@@ -57,11 +64,13 @@ def request_bytes(cmd: list[Any]) -> int:
 
 _NOW = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
+# KEYS: job, meta, queue, cancel, shards   ARGV: doc, ttl, entry id, priority, shards
 _ENQUEUE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('HSET', KEYS[2], 'priority', ARGV[4], 'attempts', 0, 'state', 'queued')
   redis.call('EXPIRE', KEYS[2], ARGV[2])
   redis.call('DEL', KEYS[4])
+  redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[2])
   redis.call('LPUSH', KEYS[3], ARGV[3])
   return 1
 end
@@ -71,15 +80,16 @@ return 0
 # A job the queue knows but no longer holds (cancelled, dead-lettered, done): queue it again with a
 # fresh attempt count, its cancel flag and its old events gone. One still queued, running or
 # waiting out a retry is left alone.
-# KEYS: job, meta, queue, cancel, dead, events, trim   ARGV: doc, ttl, id, priority
+# KEYS: job, meta, queue, cancel, shards, dead, events, trim   ARGV: doc, ttl, entry id, priority, shards
 _RESUBMIT = """
 local state = redis.call('HGET', KEYS[2], 'state')
 if redis.call('EXISTS', KEYS[1]) == 1 and (state == 'queued' or state == 'running' or state == 'retrying') then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('DEL', KEYS[4], KEYS[6], KEYS[7])
-redis.call('LREM', KEYS[5], 0, ARGV[3])
+redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[2])
+redis.call('DEL', KEYS[4], KEYS[7], KEYS[8])
+redis.call('LREM', KEYS[6], 0, ARGV[3])
 redis.call('HSET', KEYS[2], 'priority', ARGV[4], 'attempts', 0, 'state', 'queued', 'last_error', '', 'worker', '')
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('LPUSH', KEYS[3], ARGV[3])
@@ -96,7 +106,8 @@ end
 for i = 3, #KEYS do
   local id = redis.call('RPOP', KEYS[i])
   while id do
-    if redis.call('EXISTS', p .. 'cancel:' .. id) == 0 and redis.call('EXISTS', p .. 'job:' .. id) == 1 then
+    local jid = string.match(id, '^(.*)#%d+$') or id
+    if redis.call('EXISTS', p .. 'cancel:' .. jid) == 0 and redis.call('EXISTS', p .. 'job:' .. id) == 1 then
       redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), id)
       local attempts = redis.call('HINCRBY', p .. 'meta:' .. id, 'attempts', 1)
       redis.call('HSET', p .. 'meta:' .. id, 'worker', ARGV[2], 'token', ARGV[4], 'state', 'running')
@@ -173,13 +184,25 @@ end
 return {requeued, dead}
 """
 
-# KEYS: cancel, meta, q:high, q:default, delayed   ARGV: id, ttl
+# Every shard of the job: a waiting one is removed (it never runs), a running one stops at its next
+# chunk (the flag). Returns {removed, running}.
+# KEYS: cancel, shards, q:high, q:default, delayed, processing   ARGV: job id, ttl, prefix
 _CANCEL = """
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
-local removed = redis.call('LREM', KEYS[3], 0, ARGV[1]) + redis.call('LREM', KEYS[4], 0, ARGV[1])
-  + redis.call('ZREM', KEYS[5], ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'state', 'cancelled') end
-return removed
+local n = tonumber(redis.call('GET', KEYS[2]) or '1')
+local removed, running = 0, 0
+for k = 0, n - 1 do
+  local id = ARGV[1]
+  if n > 1 then id = ARGV[1] .. '#' .. k end
+  removed = removed + redis.call('LREM', KEYS[3], 0, id) + redis.call('LREM', KEYS[4], 0, id)
+    + redis.call('ZREM', KEYS[5], id)
+  if redis.call('ZSCORE', KEYS[6], id) then running = running + 1 end
+  local meta = ARGV[3] .. 'meta:' .. id
+  if redis.call('EXISTS', meta) == 1 and redis.call('HGET', meta, 'state') ~= 'done' then
+    redis.call('HSET', meta, 'state', 'cancelled')
+  end
+end
+return {removed, running}
 """
 
 # KEYS: dead, meta, queue   ARGV: id
@@ -224,13 +247,32 @@ return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('LRANGE', KEYS[2], 0, -
 """
 
 
+#: what a queue entry carries: one shard of a staged job, or a whole inline job
+Work = ShardRef | Job
+
+
+def parse_work(doc: str | bytes) -> Work:
+    """An entry's document read back: a shard reference (`"kind": "shard"`) or a whole Job."""
+    data = json.loads(doc)
+    return ShardRef.model_validate(data) if is_shard_ref(data) else Job.model_validate(data)
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
-    job: Job
+    #: the shard (or whole job) to run
+    job: Work
     worker_id: str
     attempt: int
     #: this reservation's own token: extend, ack and nack hold only with it
     token: str
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def entry_id(self) -> str:
+        return self.job.entry_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,58 +337,64 @@ class JobQueue:
 
     # ## Producing
 
-    def _enqueue_keys(self, job_id: str, priority: Priority) -> list[str]:
-        return [self._k("job", job_id), self._k("meta", job_id), self._k("q", priority), self._k("cancel", job_id)]
+    def _enqueue_keys(self, work: Work, priority: Priority) -> list[str]:
+        return [self._k("job", work.entry_id), self._k("meta", work.entry_id), self._k("q", priority),
+                self._k("cancel", work.job_id), self._k("shards", work.job_id)]
 
-    def _resubmit_keys(self, job_id: str, priority: Priority) -> list[str]:
-        return [*self._enqueue_keys(job_id, priority), self._k("dead"), self._k("events", job_id),
-                self._k("trim", job_id)]
+    def _resubmit_keys(self, work: Work, priority: Priority) -> list[str]:
+        return [*self._enqueue_keys(work, priority), self._k("dead"), self._k("events", work.job_id),
+                self._k("trim", work.job_id)]
 
-    def _document(self, job: Job, script: str, keys: list[str], priority: Priority) -> str:
-        """The job's document, once the command carrying it is known to fit Upstash's request limit
+    def _args(self, work: Work, doc: str, priority: Priority) -> list[Any]:
+        return [doc, self.job_ttl_s, work.entry_id, priority, work.shards if isinstance(work, ShardRef) else 1]
+
+    def _document(self, work: Work, script: str, keys: list[str], priority: Priority) -> str:
+        """The entry's document, once the command carrying it is known to fit Upstash's request limit
         (PayloadTooLarge otherwise). The document is measured once, as the JSON string it travels as."""
-        doc = json.dumps(job.wire())
+        doc = json.dumps(work.wire())
         doc_bytes = len(json.dumps(doc, ensure_ascii=False).encode()) - 2  # as an element of the command
-        size = request_bytes(["EVAL", script, len(keys), *keys, "", str(self.job_ttl_s), job.id, priority]) + doc_bytes
+        size = request_bytes(["EVAL", script, len(keys), *keys, *map(str, self._args(work, "", priority))]) + doc_bytes
         if size > self.max_request_bytes:
-            raise PayloadTooLarge(transport=TRANSPORT, size=size, limit=self.max_request_bytes)
+            raise PayloadTooLarge(transport=TRANSPORT, size=size, limit=self.max_request_bytes,
+                                  reference=isinstance(work, ShardRef))
         return doc
 
-    def check(self, job: Job, priority: Priority = "default") -> None:
-        """Raise PayloadTooLarge when the job is too big to queue (nothing is sent). CPU work on the whole
-        document: call it in a thread for a big job."""
-        self._document(job, _RESUBMIT, self._resubmit_keys(job.id, priority), priority)  # the bigger command
+    def check(self, work: Work, priority: Priority = "default") -> None:
+        """Raise PayloadTooLarge when the entry is too big to queue (nothing is sent). CPU work on the whole
+        document: call it in a thread for a big inline job."""
+        self._document(work, _RESUBMIT, self._resubmit_keys(work, priority), priority)  # the bigger command
 
-    async def enqueue(self, job: Job, priority: Priority = "default") -> bool:
-        """Queue a job; False if a job with this id is already known (enqueue is idempotent). Raises
-        PayloadTooLarge, before sending anything, when the job is over Upstash's request limit."""
-        keys = self._enqueue_keys(job.id, priority)
-        doc = await asyncio.to_thread(self._document, job, _ENQUEUE, keys, priority)  # a big job: off the loop
-        added = await self._eval("enqueue", _ENQUEUE, keys, [doc, self.job_ttl_s, job.id, priority])
-        return bool(added)
+    async def enqueue(self, work: Work, priority: Priority = "default") -> bool:
+        """Queue a shard (or a whole inline job); False if an entry with this id is already known (enqueue
+        is idempotent). Raises PayloadTooLarge, before sending anything, when it is over Upstash's request
+        limit."""
+        keys = self._enqueue_keys(work, priority)
+        doc = await asyncio.to_thread(self._document, work, _ENQUEUE, keys, priority)  # a big job: off the loop
+        return bool(await self._eval("enqueue", _ENQUEUE, keys, self._args(work, doc, priority)))
 
-    async def resubmit(self, job: Job, priority: Priority = "default") -> bool:
-        """Queue a job the queue knows but no longer holds (cancelled, dead-lettered, done) again, with
+    async def resubmit(self, work: Work, priority: Priority = "default") -> bool:
+        """Queue an entry the queue knows but no longer holds (cancelled, dead-lettered, done) again, with
         fresh attempts; False when it is still queued, running or waiting out a retry. PayloadTooLarge as
         `enqueue`."""
-        keys = self._resubmit_keys(job.id, priority)
-        doc = await asyncio.to_thread(self._document, job, _RESUBMIT, keys, priority)
-        again = await self._eval("resubmit", _RESUBMIT, keys, [doc, self.job_ttl_s, job.id, priority])
-        return bool(again)
+        keys = self._resubmit_keys(work, priority)
+        doc = await asyncio.to_thread(self._document, work, _RESUBMIT, keys, priority)
+        return bool(await self._eval("resubmit", _RESUBMIT, keys, self._args(work, doc, priority)))
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel: a queued job never runs; a running one stops at its next chunk. True if it was waiting."""
-        removed = await self._eval("cancel", _CANCEL, [self._k("cancel", job_id), self._k("meta", job_id),
-                                   self._k("q", "high"), self._k("q", "default"), self._k("delayed")],
-                                   [job_id, self.job_ttl_s])
-        return bool(removed)
+        """Cancel every shard of a job: a waiting one never runs; a running one stops at its next chunk.
+        True when some were waiting and none of them runs any more (nobody else records the outcome)."""
+        removed, running = await self._eval(
+            "cancel", _CANCEL, [self._k("cancel", job_id), self._k("shards", job_id), self._k("q", "high"),
+                                self._k("q", "default"), self._k("delayed"), self._k("processing")],
+            [job_id, self.job_ttl_s, self.p])
+        return int(removed) > 0 and int(running) == 0
 
     # ## Consuming
 
     async def reserve(self, worker_id: str, lease_s: float) -> Lease | None:
-        """Take the next job (high first) with a lease of its own; None when nothing is ready. Never blocks.
+        """Take the next entry (high first) with a lease of its own; None when nothing is ready. Never blocks.
 
-        The job document is parsed in a thread: a big job must not stall the event loop, where
+        The document is parsed in a thread: a big inline job must not stall the event loop, where
         the heartbeats of the jobs already running are.
         """
         token = secrets.token_hex(12)
@@ -356,17 +404,17 @@ class JobQueue:
         if not got:
             return None
         _, doc, attempt = got
-        return Lease(await asyncio.to_thread(Job.model_validate_json, doc), worker_id, int(attempt), token)
+        return Lease(await asyncio.to_thread(parse_work, doc), worker_id, int(attempt), token)
 
     async def extend(self, lease: Lease, lease_s: float) -> bool:
         """Heartbeat. False if the lease was lost (expired and reaped): stop working on the job."""
-        ok = await self._eval("extend", _EXTEND, [self._k("processing"), self._k("meta", lease.job.id)],
-                              [lease.job.id, lease.token, int(lease_s * 1000)])
+        ok = await self._eval("extend", _EXTEND, [self._k("processing"), self._k("meta", lease.entry_id)],
+                              [lease.entry_id, lease.token, int(lease_s * 1000)])
         return bool(ok)
 
     async def ack(self, lease: Lease) -> bool:
-        return bool(await self._eval("ack", _ACK, [self._k("processing"), self._k("meta", lease.job.id)],
-                                     [lease.job.id, lease.token]))
+        return bool(await self._eval("ack", _ACK, [self._k("processing"), self._k("meta", lease.entry_id)],
+                                     [lease.entry_id, lease.token]))
 
     async def nack(self, lease: Lease, error: str, *, release: bool = False,
                    dead_letter: bool = False) -> Literal["retry", "dead", "lost"]:
@@ -375,9 +423,9 @@ class JobQueue:
         `release=True` hands it straight back without using up an attempt (a worker shutting down);
         `dead_letter=True` dead-letters it now (a job that can never run).
         """
-        code = await self._eval("nack", _NACK, [self._k("processing"), self._k("meta", lease.job.id),
+        code = await self._eval("nack", _NACK, [self._k("processing"), self._k("meta", lease.entry_id),
                                 self._k("delayed"), self._k("dead")],
-                                [lease.job.id, lease.token, error[:2000], self.max_attempts,
+                                [lease.entry_id, lease.token, error[:2000], self.max_attempts,
                                  self.retry_backoff_ms, self.retry_backoff_max_ms, int(release), self.p,
                                  int(dead_letter)])
         return {0: "lost", 1: "retry", 2: "dead"}[int(code)]

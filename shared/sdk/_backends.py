@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -94,6 +95,28 @@ class HttpBackend:
 
     async def submit(self, job: Job) -> dict[str, Any]:
         return await self._call("POST", "/v1/jobs", json=job.wire())
+
+    async def upload(self, path: Path) -> dict[str, Any]:
+        """POST /v1/files: the file streams from disk in 64 KiB parts (httpx's multipart encoder), never
+        read whole. The server validates it line by line; it answers OpenAI's file object."""
+        async def once() -> Any:
+            with path.open("rb") as f:  # opened again on a retry: the upload starts over
+                r = await self._http.post("/v1/files", data={"purpose": "batch"},
+                                          files={"file": (path.name, f, "application/jsonl")})
+            _raise_for(r)
+            return r.json()
+
+        try:
+            return await with_retries(once, attempts=self.attempts, retryable=transient)
+        except httpx.HTTPStatusError as e:
+            raise ApiError(f"POST /v1/files: HTTP {e.response.status_code}", status=e.response.status_code) from e
+        except httpx.TransportError as e:
+            raise ApiError(f"POST /v1/files: {type(e).__name__}: {e}") from e
+
+    async def submit_file(self, path: Path, options: dict[str, Any]) -> dict[str, Any]:
+        """Upload a JSONL file, then start a job over its lines (`input_file_id`): nothing holds it whole."""
+        uploaded = await self.upload(path)
+        return await self._call("POST", "/v1/jobs", json={**options, "input_file_id": uploaded["id"]})
 
     async def get(self, job_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/v1/jobs/{job_id}")

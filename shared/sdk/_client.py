@@ -18,17 +18,31 @@ from pathlib import Path
 from typing import Any, Literal
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from pydantic import ValidationError
 
-from shared.contracts.errors import ConfigError, JobFailed
+from shared.contracts.errors import ConfigError, InputError, Issue, JobFailed
 from shared.contracts.events import Event, FinalEvent, GapEvent, Outcome
 from shared.contracts.inputs import parse_job, parse_job_document
-from shared.contracts.models import Item, Job, Result
+from shared.contracts.models import Item, Job, JobOptions, Result, new_job_id
 from shared.contracts.settings import Settings, get_settings
 from shared.queue.runpod import RunpodClient
 from shared.sdk._backends import Backend, HttpBackend, LocalBackend, ModalBackend, RunpodBackend
 
 BackendName = Literal["http", "runpod", "modal", "local"]
 JobInput = Job | dict[str, Any] | list[dict[str, Any] | Item] | str | Path
+
+
+def _is_jsonl_file(job: JobInput) -> bool:
+    return isinstance(job, str | Path) and Path(job).suffix.lower() in (".jsonl", ".ndjson") and Path(job).is_file()
+
+
+def _json_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Job options as JSON (pydantic models among them, e.g. Sampling), checked here first."""
+    try:
+        opts = JobOptions.model_validate({"id": new_job_id(), **options})
+    except ValidationError as e:
+        raise InputError([Issue(err["msg"], field=".".join(map(str, err["loc"]))) for err in e.errors()]) from None
+    return opts.model_dump(mode="json", by_alias=True, exclude_none=True, include=set(options))
 
 
 def _validated(job: JobInput, options: dict[str, Any]) -> Job:
@@ -145,6 +159,12 @@ class AsyncClient:
         Keyword options (template, system, sampling, response_format, chunk_size, id, ...) apply to
         the job. The input is validated here first: an InputError names the line and field.
         """
+        if isinstance(self._backend, HttpBackend) and _is_jsonl_file(job):
+            # a JSONL file goes to the API as a streamed upload, validated there line by line, so a
+            # file of any size is never read whole here (README, "Big jobs")
+            opts = {"id": new_job_id(), **_json_options(options)}
+            answer = await self._backend.submit_file(Path(job), opts)
+            return AsyncJob(self._backend, answer.get("id", opts["id"]), answer)
         validated = _validated(job, options)
         answer = await self._backend.submit(validated)
         return AsyncJob(self._backend, answer.get("id", validated.id), answer)

@@ -1,12 +1,15 @@
-"""Where a validated job goes: DISPATCHER=queue | runpod | modal | local.
+"""Where a staged job goes: DISPATCHER=queue | runpod | modal | local.
 
-Every dispatcher gets the validated Job and sends its one wire form (`Job.wire()`, rejected
-items included) to the queue, RunPod's /run or Modal's spawn; the local one runs it here.
+The job's items are in the store before a dispatcher sees it (`JobLifecycle.submit`). A dispatcher
+gets the job's shards (`ShardRef`s: the job's options and an idx range, shared/contracts/shards.py)
+and sends each one's wire form: one queue entry, one RunPod /run or one Modal spawn per shard, so
+workers take them independently. Nothing that grows with the job travels. The local one runs the
+whole job here, reading its items from the store page by page.
 
-A dispatcher whose transport has a size limit (queue: Upstash's 10 MB a request; runpod: RunPod's
-10 MB /run body) has `check(job)`: it measures the job as it would be sent and raises
-`PayloadTooLarge`. `JobLifecycle.submit` calls it before the job is recorded, so a job too big to
-send is refused (413) with nothing stored and nothing sent. `submit` measures again before sending.
+`check(ref)` measures a shard's reference as its transport would carry it (queue: Upstash's 10 MB a
+request; runpod: RunPod's 10 MiB /run body) and raises `PayloadTooLarge`; the lifecycle calls it
+before anything is recorded. A reference only grows with the job's options (its template, schema
+and metadata), so this is rare, and the message says which limit it hit.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from shared.contracts.errors import ConfigError, LLMJobsError, PayloadTooLarge, StoreError
 from shared.contracts.events import FinalEvent, Outcome
-from shared.contracts.models import Job, Summary
+from shared.contracts.models import Summary
 from shared.contracts.settings import DEFAULTS, Settings
+from shared.contracts.shards import ShardRef
 from shared.queue.runpod import RunpodClient, RunpodError, run_body
 from shared.queue.upstash import JobQueue, Priority
 from shared.server.events import EventSource, MemoryEvents, QueueEvents, final_event
@@ -34,13 +39,15 @@ class Dispatcher(Protocol):
     #: where this dispatcher's jobs publish their events; None: the API makes them from the store
     events: EventSource | None
 
-    async def submit(self, job: Job) -> None: ...
+    def check(self, ref: ShardRef) -> None:
+        """Raise PayloadTooLarge when the transport cannot carry this reference (see the module docstring)."""
 
-    # Optional: `def check(self, job: Job) -> None`, raising PayloadTooLarge when the transport cannot
-    # carry the job (see the module's docstring). The lifecycle calls it, in a thread, when it exists.
+    async def submit(self, refs: Sequence[ShardRef]) -> None:
+        """Send every shard of one job (a job known to the dispatcher already is left as it is)."""
 
     async def cancel(self, job_id: str) -> bool:
-        """Ask the job to stop; True if it was stopped before it started."""
+        """Ask every shard of the job to stop; True when none of it runs any more (what waited was removed),
+        so nothing else will record the outcome: the lifecycle records it `cancelled`."""
 
     async def ready(self) -> dict[str, Any]:
         """Details for /readyz; raises LLMJobsError when jobs cannot be run."""
@@ -56,15 +63,20 @@ class QueueDispatcher:
         self.priority: Priority = priority
         self.events = QueueEvents(queue)
 
-    def check(self, job: Job) -> None:
-        """PayloadTooLarge when the job is over Upstash's request limit."""
-        self.queue.check(job, self.priority)
+    def _priority(self, ref: ShardRef) -> Priority:
+        """The job's own priority when it asks for "high"; else this dispatcher's (the CLI's --priority)."""
+        return "high" if ref.job.priority == "high" else self.priority
 
-    async def submit(self, job: Job) -> None:
-        # a job the queue knows is in its hands (queued, running or waiting out a retry), unless it
+    def check(self, ref: ShardRef) -> None:
+        """PayloadTooLarge when the reference is over Upstash's request limit."""
+        self.queue.check(ref, self._priority(ref))
+
+    async def submit(self, refs: Sequence[ShardRef]) -> None:
+        # a shard the queue knows is in its hands (queued, running or waiting out a retry), unless it
         # was cancelled or dead-lettered: then it is queued again with fresh attempts
-        if not await self.queue.enqueue(job, self.priority):
-            await self.queue.resubmit(job, self.priority)
+        for ref in refs:
+            if not await self.queue.enqueue(ref, self._priority(ref)):
+                await self.queue.resubmit(ref, self._priority(ref))
 
     async def cancel(self, job_id: str) -> bool:
         return await self.queue.cancel(job_id)
@@ -98,26 +110,33 @@ class LocalDispatcher:
                     (await JobService.start(self.settings)).engine, self.settings, store=self.store)
         return self._service
 
-    async def submit(self, job: Job) -> None:
-        if job.id in self._tasks:
-            return
-        self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+    def check(self, ref: ShardRef) -> None:
+        """Nothing travels: any reference fits."""
 
-    async def _run(self, job: Job) -> None:
+    async def submit(self, refs: Sequence[ShardRef]) -> None:
+        """One engine here: the job runs as one shard, whatever SHARD_SIZE split it into."""
+        first = refs[0]
+        job = first.model_copy(update={"shard": 0, "shards": 1, "start": 0, "end": first.total})
+        if job.job_id in self._tasks:
+            return
+        self._tasks[job.job_id] = asyncio.create_task(self._run(job), name=f"job-{job.job_id}")
+
+    async def _run(self, job: ShardRef) -> None:
         try:
             async with self._slots:
                 service = await self.service()
                 async for event in service.events(job):
-                    self.events.publish(job.id, event)
+                    self.events.publish(job.job_id, event)
         except asyncio.CancelledError:
             raise  # the runner recorded `cancelled`; cancel() publishes the final event
         except Exception as e:  # a bug (or an engine that would not boot) must not take the API down
-            log.exception("job=%s crashed in the local dispatcher", job.id)
+            log.exception("job=%s crashed in the local dispatcher", job.job_id)
             summary = Summary.empty(job.total, f"{type(e).__name__}: {e}")
-            await record_outcome(self.store, job.id, Outcome.failed, summary, retry_s=self.settings.store_retry_s)
-            self.events.publish(job.id, FinalEvent(job_id=job.id, outcome=Outcome.failed, summary=summary))
+            await record_outcome(self.store, job.job_id, Outcome.failed, summary,
+                                 retry_s=self.settings.store_retry_s)
+            self.events.publish(job.job_id, FinalEvent(job_id=job.job_id, outcome=Outcome.failed, summary=summary))
         finally:
-            self._tasks.pop(job.id, None)
+            self._tasks.pop(job.job_id, None)
 
     async def cancel(self, job_id: str) -> bool:
         task = self._tasks.get(job_id)
@@ -144,13 +163,15 @@ class LocalDispatcher:
 
 
 class RunpodDispatcher:
-    """POSTs the job to a RunPod endpoint's /run; the worker there writes to the same store.
+    """POSTs each shard's reference to a RunPod endpoint's /run; the workers there write to the same
+    store. RunPod's autoscaler fans the shards out (the endpoint's max workers).
 
-    One /run per dispatch. RunPod has no idempotency key and no way to find a request by its
+    One /run per shard. RunPod has no idempotency key and no way to find a request by its
     input, so a /run whose answer never came is not sent again (`RunpodUnsure`, raised: the
     lifecycle records the job failed, saying it may have started; a worker that did get it records
-    it running when it begins). The RunPod request id is kept in the store (`set_dispatch_ref`),
-    not in this process, so any API replica, or this one after a restart, cancels the run.
+    it running when it begins). The RunPod request ids are kept in the store (`set_dispatch_ref`,
+    comma-separated, one per shard), not in this process, so any API replica, or this one after a
+    restart, cancels the run.
     """
 
     name = "runpod"
@@ -159,30 +180,37 @@ class RunpodDispatcher:
     def __init__(self, client: RunpodClient, store: Store, *, retry_s: float = DEFAULTS.store_retry_s):
         self.client, self.store, self.retry_s = client, store, retry_s
 
-    def check(self, job: Job) -> None:
-        """PayloadTooLarge when the job's /run body is over RunPod's limit."""
-        run_body(job.wire())
+    def check(self, ref: ShardRef) -> None:
+        """PayloadTooLarge when the reference's /run body is over RunPod's limit."""
+        run_body(ref.wire())
 
-    async def submit(self, job: Job) -> None:
+    async def submit(self, refs: Sequence[ShardRef]) -> None:
+        job_id = refs[0].job_id
+        run_ids: list[str] = []
         try:
-            answer = await self.client.run(job.wire())
+            for ref in refs:
+                run_ids.append((await self.client.run(ref.wire()))["id"])
         except (RunpodError, PayloadTooLarge):
+            for run_id in run_ids:  # the job is recorded failed: stop the shards that went out
+                with contextlib.suppress(RunpodError):
+                    await self.client.cancel(run_id)
             with contextlib.suppress(StoreError):  # no request id is known: an earlier run's is stale
-                await self.store.set_dispatch_ref(job.id, None)
+                await self.store.set_dispatch_ref(job_id, None)
             raise
-        run_id = answer["id"]
+        ref_ids = ",".join(run_ids)
         try:
-            await retrying(lambda: self.store.set_dispatch_ref(job.id, run_id), within_s=self.retry_s)
+            await retrying(lambda: self.store.set_dispatch_ref(job_id, ref_ids), within_s=self.retry_s)
         except StoreError:  # the job runs; failing it here would invite a second /run
             log.exception("job=%s runs on RunPod as %s, but the store would not keep that id: cancel it there",
-                          job.id, run_id)
+                          job_id, ref_ids)
 
     async def cancel(self, job_id: str) -> bool:
-        run_id = await self.store.get_dispatch_ref(job_id)
-        if run_id is None:
+        """Cancel every shard's request; True when RunPod cancelled them all."""
+        ref_ids = await self.store.get_dispatch_ref(job_id)
+        if ref_ids is None:
             return False
-        answer = await self.client.cancel(run_id)
-        return answer.get("status") == "CANCELLED"
+        answers = [await self.client.cancel(run_id) for run_id in ref_ids.split(",") if run_id]
+        return bool(answers) and all(a.get("status") == "CANCELLED" for a in answers)
 
     async def ready(self) -> dict[str, Any]:
         return {"runpod": await self.client.health()}
@@ -192,7 +220,8 @@ class RunpodDispatcher:
 
 
 class ModalDispatcher:
-    """Spawns `LLMJobs.run` on the deployed Modal app; it writes to the same store."""
+    """Spawns `LLMJobs.run` once per shard on the deployed Modal app (its containers fan them out, up
+    to the class's `max_containers`); each writes to the same store."""
 
     name = "modal"
     events = None
@@ -203,17 +232,21 @@ class ModalDispatcher:
 
         self._modal = modal
         self._cls = cls
-        self._calls: dict[str, str] = {}  # job id -> FunctionCall id
+        self._calls: dict[str, list[str]] = {}  # job id -> one FunctionCall id per shard
 
-    async def submit(self, job: Job) -> None:
-        call = await self._cls().run.spawn.aio(job.wire())
-        self._calls[job.id] = call.object_id
+    def check(self, ref: ShardRef) -> None:
+        """Modal's arguments carry a reference, which does not grow with the job."""
+
+    async def submit(self, refs: Sequence[ShardRef]) -> None:
+        calls = [await self._cls().run.spawn.aio(ref.wire()) for ref in refs]
+        self._calls[refs[0].job_id] = [call.object_id for call in calls]
 
     async def cancel(self, job_id: str) -> bool:
-        call_id = self._calls.get(job_id)
-        if call_id is None:
+        call_ids = self._calls.get(job_id)
+        if not call_ids:
             return False
-        await self._modal.FunctionCall.from_id(call_id).cancel.aio()
+        for call_id in call_ids:
+            await self._modal.FunctionCall.from_id(call_id).cancel.aio()
         return True
 
     async def ready(self) -> dict[str, Any]:

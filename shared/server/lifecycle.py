@@ -16,13 +16,14 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from shared.contracts.errors import ConfigError, NotFound
+from shared.contracts.errors import ConfigError, InputError, Issue, NotFound
 from shared.contracts.events import Outcome
-from shared.contracts.models import Job, JobRecord, JobStatus, Result, Summary
+from shared.contracts.models import Item, Job, JobOptions, JobRecord, JobStatus, Rejection, Result, Summary
 from shared.contracts.settings import Settings
+from shared.contracts.shards import plan_shards
 from shared.server.dispatch import Dispatcher
 from shared.server.events import StreamEvent, follow, never
-from shared.stores.base import Store, record_outcome
+from shared.stores.base import Store, record_outcome, retrying
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,8 @@ class Accepted:
     created: bool
     #: False when nothing new was started (the known job is queued, running or completed)
     dispatched: bool
+    #: the job's items (for a job of an uploaded file, its lines; `job` has no items then)
+    total: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,30 +57,61 @@ class JobLifecycle:
         return self._dispatcher
 
     async def submit(self, job: Job) -> Accepted:
-        """Record the job as queued and dispatch it. A known id that is queued, running or completed
-        starts nothing (created=False); a failed or cancelled one runs again and resumes.
+        """Record the job as queued, stage its items in the store, and dispatch its shards. A known id
+        that is queued, running or completed starts nothing (created=False); a failed or cancelled one
+        runs again and resumes.
 
-        A job its dispatcher's transport cannot carry (over Upstash's or RunPod's size limit) raises
-        PayloadTooLarge before anything is recorded or sent (`check`, shared/server/dispatch.py)."""
+        A job whose shard reference its dispatcher's transport cannot carry (over Upstash's or RunPod's
+        size limit: its options, never its items, travel) raises PayloadTooLarge before anything is
+        recorded or sent."""
+        return await self._submit(job, job.total, lambda: self._stage(job))
+
+    async def submit_file(self, options: JobOptions, file_id: str) -> Accepted:
+        """A job whose items are an uploaded file's lines (an OpenAI batch): the same as `submit`, with
+        the items copied from the file inside the store (shared/contracts/files.py)."""
+        file = await self.store.get_file(file_id)
+        if file is None:
+            raise NotFound(f"no file {file_id!r}", status=404)
+        if file.status != "processed":
+            raise InputError([Issue(f"file {file_id!r} is {file.status}" + (
+                f": {file.status_details}" if file.status_details else ""), field="input_file_id")])
+        job = Job.model_validate(options.model_dump(by_alias=True))
+        s = self.settings
+
+        async def copy() -> None:
+            await retrying(lambda: self.store.copy_file_items(file_id, job.id), within_s=s.store_retry_s)
+
+        return await self._submit(job, file.lines, copy)
+
+    async def _submit(self, job: Job, total: int, stage: Callable[[], Awaitable[None]]) -> Accepted:
         dispatcher = self.dispatcher  # a reader refuses here, before anything is recorded
-        check = getattr(dispatcher, "check", None)
-        if check is not None:
-            await asyncio.to_thread(check, job)  # measures the whole document: off the loop
-        created = await self.store.accept(job)
+        refs = plan_shards(job, total, self.settings.shard_size)
+        await asyncio.to_thread(dispatcher.check, refs[0])  # the references differ only in their range
+        created = await self.store.accept(job, total=total)
         if not created:
             record = await self.get(job.id)
             if record.status not in (JobStatus.failed, JobStatus.cancelled):
-                return Accepted(job, record.status, created=False, dispatched=False)
+                return Accepted(job, record.status, created=False, dispatched=False, total=record.total)
             # waiting to run again: readers who follow it now wait for the new run's events
             await self._record(record, Outcome.stopped, "submitted again; stored results are kept")
         try:
-            await dispatcher.submit(job)
+            await stage()  # idempotent: a job submitted again stages nothing new
+            await dispatcher.submit(refs)
         except Exception as e:  # recorded failed (a re-submit dispatches it again), then raised as it came
             await record_outcome(self.store, job.id, Outcome.failed,
-                                 Summary.empty(job.total, f"could not dispatch: {type(e).__name__}: {e}"),
+                                 Summary.empty(total, f"could not dispatch: {type(e).__name__}: {e}"),
                                  retry_s=self.settings.store_retry_s)
             raise
-        return Accepted(job, JobStatus.queued, created=created, dispatched=True)
+        return Accepted(job, JobStatus.queued, created=created, dispatched=True, total=total)
+
+    async def _stage(self, job: Job) -> None:
+        """The job's items, then the ones refused at the edge, into the store, a batch at a time."""
+        rows: list[Item | Rejection] = [*job.items, *job.rejected]
+        batch, s = self.settings.stage_batch_items, self.settings
+        for start in range(0, len(rows), batch):
+            part = rows[start:start + batch]
+            await retrying(lambda start=start, part=part: self.store.stage_items(job.id, start, part),
+                           within_s=s.store_retry_s)
 
     async def get(self, job_id: str) -> JobRecord:
         record = await self.store.get_job(job_id)
@@ -108,7 +142,8 @@ class JobLifecycle:
             return Cancelled(record, stopped_before_start=False)
         stopped = await self.dispatcher.cancel(job_id)
         record = await self.get(job_id)  # again: a run that began meanwhile records its own outcome
-        before_start = stopped and record.status == JobStatus.queued
+        # `stopped`: none of it runs any more (no shard is running), so nobody else records the outcome
+        before_start = stopped and not record.status.terminal
         if before_start:
             ran = record.completed + record.failed
             await self._record(record, Outcome.cancelled,
@@ -122,9 +157,9 @@ class JobLifecycle:
             update={"completed": record.completed, "failed": record.failed})
         await record_outcome(self.store, record.id, outcome, summary, retry_s=self.settings.store_retry_s)
 
-    def estimate_s(self, job: Job) -> float:
+    def estimate_s(self, total: int) -> float:
         """A rough guide for a client: total / ESTIMATE_ITEMS_PER_S."""
-        return round(job.total / self.settings.estimate_items_per_s, 1)
+        return round(total / self.settings.estimate_items_per_s, 1)
 
     async def close(self) -> None:
         if self._dispatcher is not None:

@@ -8,7 +8,14 @@ twice is counted once.
 
 A job's items live in the store too (job_items, supabase/migrations/*_job_items.sql): `stage_items`
 writes them in batches, idempotent on (job_id, idx), and `read_items` reads an idx range (a shard)
-page by page. `jobs.staged` counts them, kept by the database like the result counters.
+page by page. `jobs.staged` counts them, kept by the database like the result counters. A row is an
+`Item`, or a `Rejection` (an item refused at the edge, kept so that it becomes an error result):
+`row_doc` and `doc_row` are the one encoding every store uses.
+
+Uploaded files (OpenAI's Files API; shared/contracts/files.py, supabase/migrations/*_files.sql) keep
+their lines the same way in file_items; `copy_file_items` copies them into a job's items inside the
+database. The jobs row also counts the tokens of its stored results (`prompt_tokens`,
+`completion_tokens`), kept like the result counters.
 """
 
 from __future__ import annotations
@@ -16,16 +23,35 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.events import Outcome
-from shared.contracts.models import Item, ItemError, Job, JobRecord, JobStatus, Result, ResultStatus, Summary, Usage
+from shared.contracts.files import FileRecord
+from shared.contracts.models import (
+    Item,
+    ItemError,
+    Job,
+    JobRecord,
+    JobStatus,
+    Rejection,
+    Result,
+    ResultStatus,
+    Summary,
+    Usage,
+)
 
 T = TypeVar("T")
+
+#: a staged row: an item, or one refused at the edge (it becomes an error result)
+Row = Item | Rejection
+
+#: the job statuses `finish(if_open=True)` writes over: the job has not ended
+OPEN_STATUSES = (JobStatus.queued.value, JobStatus.running.value)
 
 log = logging.getLogger("llm_jobs.store")
 
@@ -35,20 +61,27 @@ RESULT_COLUMNS = ("job_id", "custom_id", "status", "text", "parsed", "error", "f
 
 
 class Store(Protocol):
-    async def accept(self, job: Job) -> bool:
-        """Record a submitted job as queued; False (and nothing changes) if the id is known already."""
+    async def accept(self, job: Job, *, total: int | None = None) -> bool:
+        """Record a submitted job as queued; False (and nothing changes) if the id is known already.
+        `total` overrides `job.total` (a job whose items are staged, not carried)."""
 
-    async def begin(self, job: Job) -> None:
-        """Record the job as running (creating its row if needed)."""
+    async def begin(self, job: Job, *, total: int | None = None) -> None:
+        """Record the job as running (creating its row if needed), keeping its counters. `total`
+        overrides `job.total`: a shard's worker passes an item-less Job of the job's options and the
+        job's real total."""
 
-    async def done_ids(self, job_id: str) -> dict[str, ResultStatus]:
-        """custom_id -> status of every stored result: what a re-run skips."""
+    async def done_ids(self, job_id: str, custom_ids: Sequence[str] | None = None) -> dict[str, ResultStatus]:
+        """custom_id -> status of the stored results: what a re-run skips. With `custom_ids`, only
+        those among them (a worker asks a page at a time, so memory never grows with the job); the
+        store splits them into requests its backend takes."""
 
     async def write(self, job_id: str, results: Sequence[Result]) -> None:
         """Store one chunk: one round trip, idempotent on (job_id, custom_id)."""
 
-    async def finish(self, job_id: str, status: JobStatus, summary: Summary) -> None:
-        """Record the outcome. Callers shield it from cancellation."""
+    async def finish(self, job_id: str, status: JobStatus, summary: Summary, *, if_open: bool = False) -> bool:
+        """Record the outcome. Callers shield it from cancellation. True when the row was written:
+        without `if_open`, when the job exists; with it, only when the stored job is still queued or
+        running (one conditional UPDATE: of two callers racing, exactly one gets True)."""
 
     async def set_dispatch_ref(self, job_id: str, ref: str | None) -> None:
         """Keep the platform's request id for the job's current run (RunPod's /run id), replacing
@@ -65,20 +98,45 @@ class Store(Protocol):
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         """Results ordered by custom_id, those after `after` (keyset pagination)."""
 
-    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item]) -> int:
-        """Store a batch of the job's items at idx start_idx, start_idx + 1, ...: idempotent on
-        (job_id, idx), so a re-sent batch changes nothing. The job's row must exist (`accept`).
-        Returns how many rows were new (0 for a batch sent again). A custom_id the job already has
-        at another idx is a StoreError."""
+    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item | Rejection]) -> int:
+        """Store a batch of the job's rows (items, and rejections: `row_doc`) at idx start_idx,
+        start_idx + 1, ...: idempotent on (job_id, idx), so a re-sent batch changes nothing. The job's
+        row must exist (`accept`). Returns how many rows were new (0 for a batch sent again). A
+        custom_id the job already has at another idx is a StoreError."""
 
     async def read_items(self, job_id: str, *, start_idx: int = 0, end_idx: int | None = None,
-                         limit: int = 1000) -> list[Item]:
-        """Up to `limit` items with start_idx <= idx < end_idx (None: no end), in idx order: a shard,
+                         limit: int = 1000) -> list[Item | Rejection]:
+        """Up to `limit` rows with start_idx <= idx < end_idx (None: no end), in idx order: a shard,
         page by page. Batches staged back to back leave no gaps, so the next page starts at
         start_idx + len(page)."""
 
     async def count_items(self, job_id: str) -> int:
         """Items staged for the job so far (0: none, or no such job)."""
+
+    async def create_file(self, rec: FileRecord) -> None:
+        """Record an uploaded file (its lines come with `stage_file_lines`). Idempotent: a file id
+        known already changes nothing (a retried request)."""
+
+    async def finish_file(self, file_id: str, *, bytes: int, lines: int, rejected: int, status: str,
+                          status_details: str | None = None) -> None:
+        """Set the file's size, line counts and status once its upload ended. An unknown id is left
+        alone."""
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        """The file's record (None: no such file)."""
+
+    async def stage_file_lines(self, file_id: str, start_idx: int, rows: Sequence[Item | Rejection]) -> int:
+        """As `stage_items`, for a file's lines: idempotent on (file_id, idx), the rows it added.
+        The file must exist (`create_file`)."""
+
+    async def read_file_lines(self, file_id: str, *, start_idx: int = 0, end_idx: int | None = None,
+                              limit: int = 1000) -> list[Item | Rejection]:
+        """As `read_items`, for a file's lines."""
+
+    async def copy_file_items(self, file_id: str, job_id: str) -> int:
+        """Copy the file's lines into the job's items at the same idx (the job must exist:
+        `accept`); `jobs.staged` counts them. Idempotent: a second copy adds nothing. Returns the
+        rows added."""
 
     async def close(self) -> None: ...
 
@@ -91,6 +149,63 @@ def item_doc(item: Item) -> dict[str, Any]:
 def item_json(item: Item) -> str:
     """`item_doc` as JSON text, in one step."""
     return item.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def row_doc(row: Item | Rejection) -> dict[str, Any]:
+    """A staged row as job_items and file_items keep it: an item's wire document (`item_doc`), or
+    `{"rejected": <the rejection>}` for a rejection (no item has a `rejected` field)."""
+    if isinstance(row, Rejection):
+        return {"rejected": row.model_dump(mode="json")}
+    return item_doc(row)
+
+
+def row_json(row: Item | Rejection) -> str:
+    """`row_doc` as JSON text, in one step."""
+    if isinstance(row, Rejection):
+        return f'{{"rejected":{row.model_dump_json()}}}'
+    return item_json(row)
+
+
+def doc_row(doc: Any) -> Item | Rejection:
+    """A row back from its document (`row_doc`), as a dict or as JSON text."""
+    if isinstance(doc, str | bytes):
+        doc = json.loads(doc)
+    if len(doc) == 1 and "rejected" in doc:
+        return Rejection.model_validate(doc["rejected"])
+    return Item.model_validate(doc)
+
+
+def doc_rows(docs: Sequence[Any]) -> list[Item | Rejection]:
+    return [doc_row(d) for d in docs]
+
+
+#: how many rows a batch has before its CPU work (encoding, decoding) leaves the event loop
+OFF_LOOP_ROWS = 64
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, rows: int) -> T:
+    """`fn(*args)` in a worker thread when it handles `rows` >= OFF_LOOP_ROWS rows (thousands of items
+    to encode or decode would stall the loop: heartbeats, other requests), else right here."""
+    if rows >= OFF_LOOP_ROWS:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def id_batches(ids: Sequence[str], *, most: int, url_bytes: int | None = None) -> Iterator[list[str]]:
+    """`ids` without repeats, in runs of at most `most`; with `url_bytes`, also runs whose PostgREST
+    `in.(...)` list (each id quoted, then percent-encoded in the URL) stays within that many bytes
+    (an id longer than that goes alone)."""
+    batch: list[str] = []
+    size = 0
+    for cid in dict.fromkeys(ids):
+        n = len(quote('"' + cid.replace("\\", "\\\\").replace('"', '\\"') + '"', safe="")) + 3  # and its comma
+        if batch and (len(batch) >= most or (url_bytes is not None and size + n > url_bytes)):
+            yield batch
+            batch, size = [], 0
+        batch.append(cid)
+        size += n
+    if batch:
+        yield batch
 
 
 def check_start(start_idx: int) -> None:
@@ -139,7 +254,22 @@ def row_job(row: dict[str, Any]) -> JobRecord:
     row = dict(row)
     row["summary"] = _json(row.get("summary"))
     row["metadata"] = _json(row.get("metadata")) or {}
+    for k in ("prompt_tokens", "completion_tokens"):
+        if row.get(k) is None:
+            row.pop(k, None)
     return JobRecord.model_validate(row)
+
+
+#: the columns of files a store writes (FileRecord's fields; created_at is the database's)
+FILE_COLUMNS = ("id", "purpose", "filename", "bytes", "lines", "rejected", "status", "status_details", "owner")
+
+
+def file_row(rec: FileRecord) -> dict[str, Any]:
+    return {c: getattr(rec, c) for c in FILE_COLUMNS}
+
+
+def row_file(row: dict[str, Any]) -> FileRecord:
+    return FileRecord.model_validate({k: v for k, v in dict(row).items() if k in FileRecord.model_fields})
 
 
 async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
@@ -155,16 +285,25 @@ async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
     raise AssertionError("unreachable")
 
 
-async def record_outcome(store: Store, job_id: str, outcome: Outcome, summary: Summary, *, retry_s: float) -> bool:
+async def record_outcome(store: Store, job_id: str, outcome: Outcome, summary: Summary, *, retry_s: float,
+                         if_open: bool = False) -> bool:
     """The one way a job's outcome is written (the runner at the end of a run, the lifecycle for a
-    job cancelled before it ran, a dispatcher for a job that crashed before its run began).
+    job cancelled before it ran, a dispatcher for a job that crashed before its run began, the
+    roll-up of a job of several shards).
 
     Shielded from cancellation, so a cancelled job still records that it was cancelled, and
-    retried with backoff. False (logged) when the store would not take it.
+    retried with backoff. True only when the row was written: False (logged) when the store would
+    not take it, False when `if_open` and the job had ended already (`Store.finish`).
     """
+    if if_open:
+        def call() -> Awaitable[bool]:
+            return store.finish(job_id, outcome.status, summary, if_open=True)
+    else:
+        def call() -> Awaitable[bool]:
+            return store.finish(job_id, outcome.status, summary)
     try:
-        await asyncio.shield(retrying(lambda: store.finish(job_id, outcome.status, summary), within_s=retry_s))
+        written = await asyncio.shield(retrying(call, within_s=retry_s))
     except StoreError:
         log.exception("job %s: could not record its outcome (%s)", job_id, outcome)
         return False
-    return True
+    return written is not False  # (a store written before finish answered says nothing: None)

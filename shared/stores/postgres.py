@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -13,9 +14,23 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from shared.contracts.errors import StoreError, StoreUnavailable
-from shared.contracts.models import Item, Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.files import FileRecord
+from shared.contracts.models import Item, Job, JobRecord, JobStatus, Rejection, Result, ResultStatus, Summary
 from shared.contracts.settings import DEFAULTS
-from shared.stores.base import check_start, in_write_order, item_json, result_row, row_job, row_result
+from shared.stores.base import (
+    FILE_COLUMNS,
+    OPEN_STATUSES,
+    check_start,
+    doc_rows,
+    file_row,
+    in_write_order,
+    off_loop,
+    result_row,
+    row_file,
+    row_job,
+    row_json,
+    row_result,
+)
 
 # One statement per chunk: the rows travel as one JSON array and are upserted together, in
 # custom_id order (byte order, as `in_write_order` sorts them), so concurrent writers never deadlock.
@@ -40,16 +55,36 @@ on conflict (id) do update set status = 'running', total = excluded.total,
   finished_at = null, error = null, started_at = coalesce(jobs.started_at, now())
 """
 
-# Items are staged with COPY (issue 12): straight into job_items when none of the batch's rows is
-# there yet; a batch sent again (a unique violation) goes through a temporary table and
-# `on conflict do nothing` instead, so it changes nothing. Rows go in idx order either way.
-_COPY_ITEMS = "copy job_items (job_id, idx, custom_id, item) from stdin"
-_STAGE_AGAIN = """
-create temp table job_items_in (job_id text, idx integer, custom_id text, item jsonb) on commit drop;
-"""
-_MERGE_AGAIN = """
+# Items (and a file's lines) are staged with COPY (issue 12): straight into the table when none of
+# the batch's rows is there yet; a batch sent again (a unique violation) goes through a temporary
+# table and `on conflict do nothing` instead, so it changes nothing. Rows go in idx order either way.
+#: table -> its key column (job_items: job_id, file_items: file_id)
+_STAGED = {"job_items": "job_id", "file_items": "file_id"}
+
+
+def _copy_into(table: str) -> str:
+    return f"copy {table} ({_STAGED[table]}, idx, custom_id, item) from stdin"
+
+
+def _stage_again(table: str) -> str:
+    return f"create temp table {table}_in ({_STAGED[table]} text, idx integer, custom_id text, item jsonb) " \
+           "on commit drop"
+
+
+def _merge_again(table: str) -> str:
+    key = _STAGED[table]
+    return (f"insert into {table} ({key}, idx, custom_id, item) select {key}, idx, custom_id, item from {table}_in "
+            f"order by idx on conflict ({key}, idx) do nothing")
+
+
+#: idx per statement when a file's lines are copied into a job: each statement stays well inside the
+#: statement timeout, and a retry redoes little
+COPY_SPAN = 50_000
+_COPY_FILE = """
 insert into job_items (job_id, idx, custom_id, item)
-select job_id, idx, custom_id, item from job_items_in order by idx
+select %s, idx, custom_id, item from file_items
+ where file_id = %s and idx >= %s and idx < %s
+ order by idx
 on conflict (job_id, idx) do nothing
 """
 
@@ -59,10 +94,11 @@ def _copy_text(v: str) -> str:
     return v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _copy_rows(job_id: str, start_idx: int, items: Sequence[Item]) -> str:
-    j = _copy_text(job_id)
-    return "".join(f"{j}\t{start_idx + k}\t{_copy_text(it.custom_id)}\t{_copy_text(item_json(it))}\n"
-                   for k, it in enumerate(items))
+def _copy_rows(key: str, start_idx: int, rows: Sequence[Item | Rejection]) -> str:
+    """COPY's text for a batch: CPU work that grows with the batch (call it in a thread)."""
+    j = _copy_text(key)
+    return "".join(f"{j}\t{start_idx + k}\t{_copy_text(r.custom_id)}\t{_copy_text(row_json(r))}\n"
+                   for k, r in enumerate(rows))
 
 
 class PostgresStore:
@@ -97,31 +133,40 @@ class PostgresStore:
         except psycopg.Error as e:
             raise StoreError(f"postgres: {type(e).__name__}: {e}".strip()) from e
 
-    async def accept(self, job: Job) -> bool:
+    async def accept(self, job: Job, *, total: int | None = None) -> bool:
         async with self._cursor() as cur:
             await cur.execute("insert into jobs (id, status, model, total, metadata) values (%s, 'queued', %s, %s, %s) "
                               "on conflict (id) do nothing returning id",
-                              (job.id, job.model, job.total, Jsonb(job.metadata)))
+                              (job.id, job.model, job.total if total is None else total, Jsonb(job.metadata)))
             return await cur.fetchone() is not None
 
-    async def begin(self, job: Job) -> None:
+    async def begin(self, job: Job, *, total: int | None = None) -> None:
         async with self._cursor() as cur:
-            await cur.execute(_BEGIN, (job.id, job.model, job.total, Jsonb(job.metadata)))
+            await cur.execute(_BEGIN, (job.id, job.model, job.total if total is None else total, Jsonb(job.metadata)))
 
-    async def done_ids(self, job_id: str) -> dict[str, ResultStatus]:
+    async def done_ids(self, job_id: str, custom_ids: Sequence[str] | None = None) -> dict[str, ResultStatus]:
         async with self._cursor() as cur:
-            await cur.execute("select custom_id, status from job_results where job_id = %s", (job_id,))
+            if custom_ids is None:
+                await cur.execute("select custom_id, status from job_results where job_id = %s", (job_id,))
+            else:  # one array parameter, however many ids
+                await cur.execute("select custom_id, status from job_results where job_id = %s "
+                                  "and custom_id = any(%s::text[])", (job_id, list(custom_ids)))
             return {r["custom_id"]: ResultStatus(r["status"]) for r in await cur.fetchall()}
 
     async def write(self, job_id: str, results: Sequence[Result]) -> None:
-        rows = json.dumps([result_row(job_id, r) for r in in_write_order(results)], ensure_ascii=False)
+        rows = await off_loop(_results_json, job_id, results, rows=len(results))
         async with self._cursor() as cur:
             await cur.execute(_UPSERT, (rows,))
 
-    async def finish(self, job_id: str, status: JobStatus, summary: Summary) -> None:
+    async def finish(self, job_id: str, status: JobStatus, summary: Summary, *, if_open: bool = False) -> bool:
+        # with if_open one conditional UPDATE: a racing caller waits for the row lock, then finds the
+        # status changed and writes nothing (Postgres re-checks the WHERE on the row's new version)
         async with self._cursor() as cur:
             await cur.execute("update jobs set status = %s, finished_at = now(), summary = %s, error = %s "
-                              "where id = %s", (status.value, Jsonb(summary.model_dump()), summary.reason, job_id))
+                              "where id = %s and (not %s or status::text = any(%s)) returning id",
+                              (status.value, Jsonb(summary.model_dump()), summary.reason, job_id, if_open,
+                               list(OPEN_STATUSES)))
+            return await cur.fetchone() is not None
 
     async def set_dispatch_ref(self, job_id: str, ref: str | None) -> None:
         async with self._cursor() as cur:
@@ -152,32 +197,40 @@ class PostgresStore:
                               "order by custom_id limit %s", (job_id, after or "", limit))
             return [row_result(r) for r in await cur.fetchall()]
 
-    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item]) -> int:
+    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item | Rejection]) -> int:
+        return await self._stage("job_items", job_id, start_idx, items)
+
+    async def read_items(self, job_id: str, *, start_idx: int = 0, end_idx: int | None = None,
+                         limit: int = 1000) -> list[Item | Rejection]:
+        return await self._read("job_items", job_id, start_idx, end_idx, limit)
+
+    async def _stage(self, table: str, key: str, start_idx: int, rows: Sequence[Item | Rejection]) -> int:
         check_start(start_idx)
-        if not items:
+        if not rows:
             return 0
-        data = _copy_rows(job_id, start_idx, items)
+        data = await asyncio.to_thread(_copy_rows, key, start_idx, rows)  # thousands of rows: off the loop
         async with self._cursor() as cur:
             try:
-                async with cur.connection.transaction(), cur.copy(_COPY_ITEMS) as copy:
+                async with cur.connection.transaction(), cur.copy(_copy_into(table)) as copy:
                     await copy.write(data)
-                return len(items)
+                return len(rows)
             except psycopg.errors.UniqueViolation:
                 pass  # some of these rows are there already (or a custom_id is taken: the merge says so)
             async with cur.connection.transaction():
-                await cur.execute(_STAGE_AGAIN)
-                async with cur.copy("copy job_items_in from stdin") as copy:
+                await cur.execute(_stage_again(table))
+                async with cur.copy(f"copy {table}_in from stdin") as copy:
                     await copy.write(data)
-                await cur.execute(_MERGE_AGAIN)
+                await cur.execute(_merge_again(table))
                 return cur.rowcount
 
-    async def read_items(self, job_id: str, *, start_idx: int = 0, end_idx: int | None = None,
-                         limit: int = 1000) -> list[Item]:
-        async with self._cursor() as cur:
-            await cur.execute("select item::text as item from job_items where job_id = %s and idx >= %s "
+    async def _read(self, table: str, key: str, start_idx: int, end_idx: int | None,
+                    limit: int) -> list[Item | Rejection]:
+        async with self._cursor() as cur:  # as text: decoded below, off the loop for a big page
+            await cur.execute(f"select item::text as item from {table} where {_STAGED[table]} = %s and idx >= %s "
                               "and (%s::int is null or idx < %s) order by idx limit %s",
-                              (job_id, start_idx, end_idx, end_idx, limit))
-            return [Item.model_validate_json(r["item"]) for r in await cur.fetchall()]
+                              (key, start_idx, end_idx, end_idx, limit))
+            docs = [r["item"] for r in await cur.fetchall()]
+        return await off_loop(doc_rows, docs, rows=len(docs))
 
     async def count_items(self, job_id: str) -> int:
         async with self._cursor() as cur:
@@ -185,7 +238,51 @@ class PostgresStore:
             row = await cur.fetchone()
         return row["staged"] if row else 0
 
+    # ## Uploaded files
+
+    async def create_file(self, rec: FileRecord) -> None:
+        row = file_row(rec)
+        async with self._cursor() as cur:
+            await cur.execute(f"insert into files ({', '.join(FILE_COLUMNS)}) values "
+                              f"({', '.join(['%s'] * len(FILE_COLUMNS))}) on conflict (id) do nothing",
+                              tuple(row[c] for c in FILE_COLUMNS))
+
+    async def finish_file(self, file_id: str, *, bytes: int, lines: int, rejected: int, status: str,
+                          status_details: str | None = None) -> None:
+        async with self._cursor() as cur:
+            await cur.execute("update files set bytes = %s, lines = %s, rejected = %s, status = %s, "
+                              "status_details = %s where id = %s",
+                              (bytes, lines, rejected, status, status_details, file_id))
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        async with self._cursor() as cur:
+            await cur.execute("select * from files where id = %s", (file_id,))
+            row = await cur.fetchone()
+        return row_file(row) if row else None
+
+    async def stage_file_lines(self, file_id: str, start_idx: int, rows: Sequence[Item | Rejection]) -> int:
+        return await self._stage("file_items", file_id, start_idx, rows)
+
+    async def read_file_lines(self, file_id: str, *, start_idx: int = 0, end_idx: int | None = None,
+                              limit: int = 1000) -> list[Item | Rejection]:
+        return await self._read("file_items", file_id, start_idx, end_idx, limit)
+
+    async def copy_file_items(self, file_id: str, job_id: str) -> int:
+        async with self._cursor() as cur:
+            await cur.execute("select max(idx) as top from file_items where file_id = %s", (file_id,))
+            row = await cur.fetchone()
+            top = row["top"] if row else None
+            added = 0
+            for lo in range(0, -1 if top is None else top + 1, COPY_SPAN):  # one INSERT ... SELECT per span
+                await cur.execute(_COPY_FILE, (job_id, file_id, lo, lo + COPY_SPAN))
+                added += cur.rowcount
+        return added
+
     async def close(self) -> None:
         if self._opened:
             await self._pool.close()
             self._opened = False
+
+
+def _results_json(job_id: str, results: Sequence[Result]) -> str:
+    return json.dumps([result_row(job_id, r) for r in in_write_order(results)], ensure_ascii=False)

@@ -12,9 +12,25 @@ from typing import Any
 import aiosqlite
 
 from shared.contracts.errors import StoreError, StoreUnavailable
-from shared.contracts.models import Item, Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.files import FileRecord
+from shared.contracts.models import Item, Job, JobRecord, JobStatus, Rejection, Result, ResultStatus, Summary
 from shared.contracts.settings import DEFAULTS
-from shared.stores.base import RESULT_COLUMNS, check_start, in_write_order, item_json, result_row, row_job, row_result
+from shared.stores.base import (
+    FILE_COLUMNS,
+    OPEN_STATUSES,
+    RESULT_COLUMNS,
+    check_start,
+    doc_rows,
+    file_row,
+    id_batches,
+    in_write_order,
+    off_loop,
+    result_row,
+    row_file,
+    row_job,
+    row_json,
+    row_result,
+)
 
 SCHEMA = """
 create table if not exists jobs (
@@ -23,7 +39,8 @@ create table if not exists jobs (
   created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')), started_at text, finished_at text,
   updated_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')),
   error text, summary text, metadata text not null default '{}', owner text, dispatch_ref text,
-  staged integer not null default 0
+  staged integer not null default 0, prompt_tokens integer not null default 0,
+  completion_tokens integer not null default 0
 );
 create table if not exists job_results (
   job_id text not null references jobs (id) on delete cascade, custom_id text not null,
@@ -41,20 +58,59 @@ create unique index if not exists job_items_job_custom_id_idx on job_items (job_
 create trigger if not exists job_items_inserted after insert on job_items begin
   update jobs set staged = staged + 1 where id = new.job_id;
 end;
-create trigger if not exists job_results_inserted after insert on job_results begin
+create table if not exists files (
+  id text primary key, purpose text not null default 'batch', filename text not null default 'input.jsonl',
+  bytes integer not null default 0, lines integer not null default 0, rejected integer not null default 0,
+  status text not null default 'uploaded', status_details text, owner text,
+  created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ'))
+);
+create table if not exists file_items (
+  file_id text not null references files (id) on delete cascade, idx integer not null check (idx >= 0),
+  custom_id text not null, item text not null,
+  primary key (file_id, idx)
+);
+create unique index if not exists file_items_file_custom_id_idx on file_items (file_id, custom_id);
+"""
+
+#: the result counters' triggers (schema version 2: they count tokens too). A result row written
+#: again with the same status and tokens changes nothing, so a replayed chunk is counted once.
+TRIGGERS = """
+drop trigger if exists job_results_inserted;
+drop trigger if exists job_results_updated;
+create trigger job_results_inserted after insert on job_results begin
   update jobs set completed = completed + (new.status = 'ok'), failed = failed + (new.status = 'error'),
+         prompt_tokens = prompt_tokens + coalesce(new.prompt_tokens, 0),
+         completion_tokens = completion_tokens + coalesce(new.completion_tokens, 0),
          updated_at = strftime('%Y-%m-%dT%H:%M:%fZ') where id = new.job_id;
 end;
-create trigger if not exists job_results_updated after update of status on job_results
-when old.status is not new.status begin
+create trigger job_results_updated after update on job_results
+when old.status is not new.status or old.prompt_tokens is not new.prompt_tokens
+  or old.completion_tokens is not new.completion_tokens begin
   update jobs set completed = completed + (new.status = 'ok') - (old.status = 'ok'),
-         failed = failed + (new.status = 'error') - (old.status = 'error') where id = new.job_id;
+         failed = failed + (new.status = 'error') - (old.status = 'error'),
+         prompt_tokens = prompt_tokens + coalesce(new.prompt_tokens, 0) - coalesce(old.prompt_tokens, 0),
+         completion_tokens = completion_tokens + coalesce(new.completion_tokens, 0)
+                             - coalesce(old.completion_tokens, 0)
+   where id = new.job_id;
 end;
+update jobs set
+  prompt_tokens = (select coalesce(sum(prompt_tokens), 0) from job_results r where r.job_id = jobs.id),
+  completion_tokens = (select coalesce(sum(completion_tokens), 0) from job_results r where r.job_id = jobs.id);
 """
+#: `pragma user_version` once TRIGGERS are in place (0: a file made before versions were kept)
+SCHEMA_VERSION = 2
 
 #: columns added after the first release (supabase/migrations/ adds them to Postgres): a file made by an
 #: older version gets them when a store opens it
-ADDED_COLUMNS = {"jobs": {"dispatch_ref": "text", "staged": "integer not null default 0"}}
+ADDED_COLUMNS = {"jobs": {"dispatch_ref": "text", "staged": "integer not null default 0",
+                          "prompt_tokens": "integer not null default 0",
+                          "completion_tokens": "integer not null default 0"}}
+
+#: most ids one `in (...)` list carries (SQLite's variable limit is 999 in old builds, 32766 since 3.32)
+ID_BATCH = 500
+#: idx per statement when a file's lines are copied into a job: each statement stays short (the store's
+#: timeout, and the write lock other writers wait for)
+COPY_SPAN = 50_000
 
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ')"
 _UPSERT = (
@@ -90,14 +146,34 @@ class SQLiteStore:
                         if name not in have:
                             await db.execute(f"alter table {table} add column {name} {kind}")
                 await db.commit()
+                await self._upgrade(db)
             except BaseException:
                 await db.close()  # else its thread outlives the loop
                 raise
             self._db = db
         return self._db
 
-    async def _run(self, sql: str, params: Any = (), *, many: bool = False, fetch: bool = False) -> Any:
-        """The rows (fetch), the number of rows changed (many), else []: one transaction, the store's timeout."""
+    @staticmethod
+    async def _upgrade(db: aiosqlite.Connection) -> None:
+        """Bring the triggers up to SCHEMA_VERSION, once, in one transaction (two processes opening
+        one old file: the second finds it done)."""
+        if (await db.execute_fetchall("pragma user_version"))[0][0] >= SCHEMA_VERSION:
+            return
+        await db.execute("begin immediate")
+        try:
+            if (await db.execute_fetchall("pragma user_version"))[0][0] < SCHEMA_VERSION:
+                for statement in _statements(TRIGGERS):
+                    await db.execute(statement)
+                await db.execute(f"pragma user_version = {SCHEMA_VERSION}")
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+
+    async def _run(self, sql: str, params: Any = (), *, many: bool = False, fetch: bool = False,
+                   count: bool = False) -> Any:
+        """The rows (fetch), the number of rows changed (many, count), else []: one transaction, the
+        store's timeout."""
         async with self._lock:
             try:
                 db = await self._conn()
@@ -111,7 +187,7 @@ class SQLiteStore:
                             rows: Any = cur.rowcount
                         else:
                             cur = await db.execute(sql, params)
-                            rows = list(await cur.fetchall()) if fetch else []
+                            rows = cur.rowcount if count else list(await cur.fetchall()) if fetch else []
                         await db.commit()
                         return rows
                 except BaseException:
@@ -131,35 +207,43 @@ class SQLiteStore:
         except (sqlite3.Error, ValueError):  # nothing to roll back, or the connection is closing
             pass
 
-    async def accept(self, job: Job) -> bool:
+    async def accept(self, job: Job, *, total: int | None = None) -> bool:
         rows = await self._run("insert into jobs (id, status, model, total, metadata) values (?, 'queued', ?, ?, ?) "
                                "on conflict (id) do nothing returning id",
-                               (job.id, job.model, job.total, _dump(job.metadata)), fetch=True)
+                               (job.id, job.model, job.total if total is None else total, _dump(job.metadata)),
+                               fetch=True)
         return bool(rows)
 
-    async def begin(self, job: Job) -> None:
+    async def begin(self, job: Job, *, total: int | None = None) -> None:
         await self._run(
             "insert into jobs (id, status, model, total, metadata, started_at) values (?, 'running', ?, ?, ?, "
             f"{_NOW}) on conflict (id) do update set status = 'running', total = excluded.total, "
             "model = coalesce(excluded.model, jobs.model), metadata = excluded.metadata, finished_at = null, "
             f"error = null, started_at = coalesce(jobs.started_at, {_NOW}), updated_at = {_NOW}",
-            (job.id, job.model, job.total, _dump(job.metadata)))
+            (job.id, job.model, job.total if total is None else total, _dump(job.metadata)))
 
-    async def done_ids(self, job_id: str) -> dict[str, ResultStatus]:
-        rows = await self._run("select custom_id, status from job_results where job_id = ?", (job_id,), fetch=True)
+    async def done_ids(self, job_id: str, custom_ids: Sequence[str] | None = None) -> dict[str, ResultStatus]:
+        if custom_ids is None:
+            rows = await self._run("select custom_id, status from job_results where job_id = ?", (job_id,),
+                                   fetch=True)
+        else:
+            rows = []
+            for batch in id_batches(custom_ids, most=ID_BATCH):
+                rows += await self._run("select custom_id, status from job_results where job_id = ? and custom_id "
+                                        f"in ({', '.join('?' * len(batch))})", (job_id, *batch), fetch=True)
         return {r["custom_id"]: ResultStatus(r["status"]) for r in rows}
 
     async def write(self, job_id: str, results: Sequence[Result]) -> None:
-        rows = []
-        for r in in_write_order(results):  # the order every store writes in (SQLite has one writer anyway)
-            row = result_row(job_id, r)
-            row["parsed"], row["error"] = _dump(row["parsed"]), _dump(row["error"])
-            rows.append(tuple(row[c] for c in RESULT_COLUMNS))
+        rows = await off_loop(_result_rows, job_id, results, rows=len(results))
         await self._run(_UPSERT, rows, many=True)  # one transaction per chunk
 
-    async def finish(self, job_id: str, status: JobStatus, summary: Summary) -> None:
-        await self._run(f"update jobs set status = ?, finished_at = {_NOW}, updated_at = {_NOW}, summary = ?, "
-                        "error = ? where id = ?", (status.value, summary.model_dump_json(), summary.reason, job_id))
+    async def finish(self, job_id: str, status: JobStatus, summary: Summary, *, if_open: bool = False) -> bool:
+        only_open = f" and status in ({', '.join('?' * len(OPEN_STATUSES))})" if if_open else ""
+        rows = await self._run(f"update jobs set status = ?, finished_at = {_NOW}, updated_at = {_NOW}, summary = ?, "
+                               f"error = ? where id = ?{only_open} returning id",
+                               (status.value, summary.model_dump_json(), summary.reason, job_id,
+                                *(OPEN_STATUSES if if_open else ())), fetch=True)
+        return bool(rows)
 
     async def set_dispatch_ref(self, job_id: str, ref: str | None) -> None:
         await self._run("update jobs set dispatch_ref = ? where id = ?", (ref, job_id))
@@ -182,25 +266,91 @@ class SQLiteStore:
                                "limit ?", (job_id, after or "", limit), fetch=True)
         return [row_result(dict(r)) for r in rows]
 
-    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item]) -> int:
-        check_start(start_idx)
-        rows = [(job_id, start_idx + i, it.custom_id, item_json(it)) for i, it in enumerate(items)]
-        if not rows:
-            return 0
-        return await self._run("insert into job_items (job_id, idx, custom_id, item) values (?, ?, ?, ?) "
-                               "on conflict (job_id, idx) do nothing", rows, many=True)  # one transaction
+    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item | Rejection]) -> int:
+        return await self._stage("job_items", "job_id", job_id, start_idx, items)
 
     async def read_items(self, job_id: str, *, start_idx: int = 0, end_idx: int | None = None,
-                         limit: int = 1000) -> list[Item]:
-        rows = await self._run("select item from job_items where job_id = ? and idx >= ? and (? is null or idx < ?) "
-                               "order by idx limit ?", (job_id, start_idx, end_idx, end_idx, limit), fetch=True)
-        return [Item.model_validate_json(r["item"]) for r in rows]
+                         limit: int = 1000) -> list[Item | Rejection]:
+        return await self._read("job_items", "job_id", job_id, start_idx, end_idx, limit)
+
+    async def _stage(self, table: str, key: str, key_value: str, start_idx: int,
+                     rows: Sequence[Item | Rejection]) -> int:
+        check_start(start_idx)
+        if not rows:
+            return 0
+        params = await off_loop(_staged_rows, key_value, start_idx, rows, rows=len(rows))
+        return await self._run(f"insert into {table} ({key}, idx, custom_id, item) values (?, ?, ?, ?) "
+                               f"on conflict ({key}, idx) do nothing", params, many=True)  # one transaction
+
+    async def _read(self, table: str, key: str, key_value: str, start_idx: int, end_idx: int | None,
+                    limit: int) -> list[Item | Rejection]:
+        rows = await self._run(f"select item from {table} where {key} = ? and idx >= ? and (? is null or idx < ?) "
+                               "order by idx limit ?", (key_value, start_idx, end_idx, end_idx, limit), fetch=True)
+        return await off_loop(doc_rows, [r["item"] for r in rows], rows=len(rows))
 
     async def count_items(self, job_id: str) -> int:
         rows = await self._run("select staged from jobs where id = ?", (job_id,), fetch=True)
         return rows[0]["staged"] if rows else 0
 
+    # ## Uploaded files
+
+    async def create_file(self, rec: FileRecord) -> None:
+        row = file_row(rec)
+        await self._run(f"insert into files ({', '.join(FILE_COLUMNS)}) values ({', '.join('?' * len(FILE_COLUMNS))}) "
+                        "on conflict (id) do nothing", tuple(row[c] for c in FILE_COLUMNS))
+
+    async def finish_file(self, file_id: str, *, bytes: int, lines: int, rejected: int, status: str,
+                          status_details: str | None = None) -> None:
+        await self._run("update files set bytes = ?, lines = ?, rejected = ?, status = ?, status_details = ? "
+                        "where id = ?", (bytes, lines, rejected, status, status_details, file_id))
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        rows = await self._run("select * from files where id = ?", (file_id,), fetch=True)
+        return row_file(dict(rows[0])) if rows else None
+
+    async def stage_file_lines(self, file_id: str, start_idx: int, rows: Sequence[Item | Rejection]) -> int:
+        return await self._stage("file_items", "file_id", file_id, start_idx, rows)
+
+    async def read_file_lines(self, file_id: str, *, start_idx: int = 0, end_idx: int | None = None,
+                              limit: int = 1000) -> list[Item | Rejection]:
+        return await self._read("file_items", "file_id", file_id, start_idx, end_idx, limit)
+
+    async def copy_file_items(self, file_id: str, job_id: str) -> int:
+        rows = await self._run("select max(idx) as top from file_items where file_id = ?", (file_id,), fetch=True)
+        top = rows[0]["top"] if rows else None
+        added = 0
+        for lo in range(0, -1 if top is None else top + 1, COPY_SPAN):  # a statement per span of idx
+            added += await self._run(
+                "insert into job_items (job_id, idx, custom_id, item) select ?, idx, custom_id, item from file_items "
+                "where file_id = ? and idx >= ? and idx < ? order by idx on conflict (job_id, idx) do nothing",
+                (job_id, file_id, lo, lo + COPY_SPAN), count=True)
+        return added
+
     async def close(self) -> None:
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements, one by one (a trigger's body has semicolons of its own)."""
+    out, part = [], ""
+    for line in script.strip().splitlines(keepends=True):
+        part += line
+        if sqlite3.complete_statement(part):
+            out.append(part.strip())
+            part = ""
+    return out
+
+
+def _result_rows(job_id: str, results: Sequence[Result]) -> list[tuple]:
+    rows = []
+    for r in in_write_order(results):  # the order every store writes in (SQLite has one writer anyway)
+        row = result_row(job_id, r)
+        row["parsed"], row["error"] = _dump(row["parsed"]), _dump(row["error"])
+        rows.append(tuple(row[c] for c in RESULT_COLUMNS))
+    return rows
+
+
+def _staged_rows(key_value: str, start_idx: int, rows: Sequence[Item | Rejection]) -> list[tuple]:
+    return [(key_value, start_idx + i, r.custom_id, row_json(r)) for i, r in enumerate(rows)]

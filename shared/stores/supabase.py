@@ -6,12 +6,18 @@
 - supabase-py never retries POST or PATCH; the runner retries StoreUnavailable with bounded
   backoff, which is safe because merge-upserts and these PATCHes are idempotent.
 - Every request has a timeout (the httpx client's). Errors map into our tree at the boundary.
-- Items are staged as upserts that ignore duplicates on (job_id, idx), split so that no request's
-  body passes `STAGE_BYTES`; PostgREST counts the rows each one added (`Prefer: count=exact`).
+- Items (and a file's lines) are staged as upserts that ignore duplicates on (job_id, idx), split so
+  that no request's body passes `STAGE_BYTES`; PostgREST counts the rows each one added
+  (`Prefer: count=exact`). Building and measuring the rows is CPU work: off the event loop.
+- Ids a request names (`done_ids` of a page) go as `in.(...)` filters, split so that no URL passes
+  about `URL_ID_BYTES` of them (proxies and PostgREST refuse long URLs).
+- `finish(if_open=True)` is one PATCH filtered on the status, `return=representation`: the rows it
+  returns say whether it wrote (PostgREST runs one UPDATE: atomic).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -22,9 +28,23 @@ from postgrest.exceptions import APIError
 from postgrest.types import CountMethod, ReturnMethod
 
 from shared.contracts.errors import StoreError, StoreUnavailable
-from shared.contracts.models import Item, Job, JobRecord, JobStatus, Result, ResultStatus, Summary
+from shared.contracts.files import FileRecord
+from shared.contracts.models import Item, Job, JobRecord, JobStatus, Rejection, Result, ResultStatus, Summary
 from shared.contracts.settings import DEFAULTS
-from shared.stores.base import check_start, in_write_order, item_doc, result_row, row_job, row_result
+from shared.stores.base import (
+    OPEN_STATUSES,
+    check_start,
+    doc_rows,
+    file_row,
+    id_batches,
+    in_write_order,
+    off_loop,
+    result_row,
+    row_doc,
+    row_file,
+    row_job,
+    row_result,
+)
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 #: PostgREST and Postgres error codes that mean "try again later"
@@ -33,6 +53,11 @@ _TRANSIENT_PREFIXES = ("PGRST000", "PGRST001", "PGRST002", "PGRST003", "08", "53
 _PAGE = 1000  # Supabase's default max rows per request
 #: the most JSON one staging request carries (Supabase takes more; modest requests fail and retry cheaply)
 STAGE_BYTES = 4 * 1024 * 1024
+#: the most bytes of ids (quoted, percent-encoded) one `in.(...)` filter carries: the whole URL stays
+#: under 8 KB, what proxies in front of PostgREST commonly take
+URL_ID_BYTES = 6000
+#: and the most ids
+URL_IDS = 200
 
 
 def _batches(rows: list[dict], budget: int) -> Iterator[list[dict]]:
@@ -49,6 +74,25 @@ def _batches(rows: list[dict], budget: int) -> Iterator[list[dict]]:
         size += n
     if batch:
         yield batch
+
+
+#: a file's lines per page when they are copied into a job (PostgREST pages them by _PAGE)
+COPY_PAGE = 5 * _PAGE
+
+
+def _result_rows(job_id: str, results: Sequence[Result]) -> list[dict]:
+    return [result_row(job_id, r) for r in in_write_order(results)]
+
+
+def _staged_batches(key: str, key_value: str, start_idx: int, rows: Sequence[Item | Rejection]) -> list[list[dict]]:
+    docs = [{key: key_value, "idx": start_idx + k, "custom_id": r.custom_id, "item": row_doc(r)}
+            for k, r in enumerate(rows)]
+    return list(_batches(docs, STAGE_BYTES))
+
+
+def _copied_batches(job_id: str, page: list[dict]) -> list[list[dict]]:
+    docs = [{"job_id": job_id, "idx": r["idx"], "custom_id": r["custom_id"], "item": r["item"]} for r in page]
+    return list(_batches(docs, STAGE_BYTES))
 
 
 def _now() -> str:
@@ -84,25 +128,40 @@ class SupabaseStore:
         except (httpx.TransportError, httpx.TimeoutException) as e:
             raise StoreUnavailable(f"supabase {what}: {type(e).__name__}: {e}") from e
 
-    async def accept(self, job: Job) -> bool:
+    async def accept(self, job: Job, *, total: int | None = None) -> bool:
+        total = job.total if total is None else total
         async with self._mapped("accept") as db:
             created = await db.table("jobs").upsert(
-                {"id": job.id, "status": "queued", "model": job.model, "total": job.total, "metadata": job.metadata},
+                {"id": job.id, "status": "queued", "model": job.model, "total": total, "metadata": job.metadata},
                 on_conflict="id", ignore_duplicates=True, returning=ReturnMethod.representation).execute()
         return bool(created.data)
 
-    async def begin(self, job: Job) -> None:
+    async def begin(self, job: Job, *, total: int | None = None) -> None:
+        total = job.total if total is None else total
         async with self._mapped("begin") as db:
             await db.table("jobs").upsert(
-                {"id": job.id, "status": "running", "model": job.model, "total": job.total,
+                {"id": job.id, "status": "running", "model": job.model, "total": total,
                  "metadata": job.metadata, "started_at": _now()},
                 on_conflict="id", ignore_duplicates=True, returning=ReturnMethod.minimal).execute()
-            await db.table("jobs").update(
-                {"status": "running", "total": job.total, "metadata": job.metadata, "finished_at": None,
-                 "error": None}, returning=ReturnMethod.minimal).eq("id", job.id).execute()
+            changes = {"status": "running", "total": total, "metadata": job.metadata, "finished_at": None,
+                       "error": None}
+            if job.model is not None:  # as the other stores: coalesce(excluded.model, jobs.model)
+                changes["model"] = job.model
+            rows = (await db.table("jobs").update(changes, returning=ReturnMethod.representation)
+                    .eq("id", job.id).execute()).data
+            if rows and rows[0].get("started_at") is None:  # an accepted job's first run: coalesce(started_at, now())
+                await db.table("jobs").update({"started_at": _now()}, returning=ReturnMethod.minimal) \
+                    .eq("id", job.id).is_("started_at", "null").execute()
 
-    async def done_ids(self, job_id: str) -> dict[str, ResultStatus]:
+    async def done_ids(self, job_id: str, custom_ids: Sequence[str] | None = None) -> dict[str, ResultStatus]:
         done: dict[str, ResultStatus] = {}
+        if custom_ids is not None:
+            async with self._mapped("done_ids") as db:
+                for batch in id_batches(custom_ids, most=URL_IDS, url_bytes=URL_ID_BYTES):
+                    rows = (await db.table("job_results").select("custom_id,status").eq("job_id", job_id)
+                            .in_("custom_id", batch).execute()).data  # at most URL_IDS rows: one page
+                    done.update((r["custom_id"], ResultStatus(r["status"])) for r in rows)
+            return done
         after = ""
         async with self._mapped("done_ids") as db:
             while True:
@@ -114,16 +173,20 @@ class SupabaseStore:
                 after = page[-1]["custom_id"]
 
     async def write(self, job_id: str, results: Sequence[Result]) -> None:
-        rows = [result_row(job_id, r) for r in in_write_order(results)]  # PostgREST inserts in this order
+        rows = await off_loop(_result_rows, job_id, results, rows=len(results))  # PostgREST inserts in this order
         async with self._mapped("write") as db:
             await db.table("job_results").upsert(rows, on_conflict="job_id,custom_id",
                                                  returning=ReturnMethod.minimal).execute()
 
-    async def finish(self, job_id: str, status: JobStatus, summary: Summary) -> None:
+    async def finish(self, job_id: str, status: JobStatus, summary: Summary, *, if_open: bool = False) -> bool:
         async with self._mapped("finish") as db:
-            await db.table("jobs").update(
-                {"status": status.value, "finished_at": _now(), "summary": summary.model_dump(),
-                 "error": summary.reason}, returning=ReturnMethod.minimal).eq("id", job_id).execute()
+            query = db.table("jobs").update(
+                {"status": status.value, "finished_at": _now(), "summary": summary.model_dump(mode="json"),
+                 "error": summary.reason}, returning=ReturnMethod.representation).eq("id", job_id)
+            if if_open:  # one UPDATE ... WHERE status in (...): the rows it returns say whether it wrote
+                query = query.in_("status", list(OPEN_STATUSES))
+            written = (await query.execute()).data
+        return bool(written)
 
     async def set_dispatch_ref(self, job_id: str, ref: str | None) -> None:
         async with self._mapped("set_dispatch_ref") as db:
@@ -154,39 +217,91 @@ class SupabaseStore:
                     .order("custom_id").limit(limit).execute()).data
         return [row_result(r) for r in rows]
 
-    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item]) -> int:
+    async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item | Rejection]) -> int:
+        return await self._stage("job_items", "job_id", job_id, start_idx, items)
+
+    async def read_items(self, job_id: str, *, start_idx: int = 0, end_idx: int | None = None,
+                         limit: int = 1000) -> list[Item | Rejection]:
+        docs = await self._read_docs("job_items", "job_id", job_id, start_idx, end_idx, limit, "idx,item")
+        return await off_loop(doc_rows, [d["item"] for d in docs], rows=len(docs))
+
+    async def _stage(self, table: str, key: str, key_value: str, start_idx: int,
+                     rows: Sequence[Item | Rejection]) -> int:
         check_start(start_idx)
-        rows = [{"job_id": job_id, "idx": start_idx + k, "custom_id": it.custom_id, "item": item_doc(it)}
-                for k, it in enumerate(items)]
+        if not rows:
+            return 0
+        batches = await asyncio.to_thread(_staged_batches, key, key_value, start_idx, rows)  # CPU: off the loop
+        return await self._upsert_batches(table, key, batches)
+
+    async def _upsert_batches(self, table: str, key: str, batches: list[list[dict]]) -> int:
         added = 0
-        async with self._mapped("stage_items") as db:
-            for batch in _batches(rows, STAGE_BYTES):
-                done = await db.table("job_items").upsert(
-                    batch, on_conflict="job_id,idx", ignore_duplicates=True, returning=ReturnMethod.minimal,
+        async with self._mapped(f"stage {table}") as db:
+            for batch in batches:
+                done = await db.table(table).upsert(
+                    batch, on_conflict=f"{key},idx", ignore_duplicates=True, returning=ReturnMethod.minimal,
                     count=CountMethod.exact).execute()
                 added += done.count or 0
         return added
 
-    async def read_items(self, job_id: str, *, start_idx: int = 0, end_idx: int | None = None,
-                         limit: int = 1000) -> list[Item]:
-        items: list[Item] = []
-        async with self._mapped("read_items") as db:
-            while len(items) < limit:  # PostgREST answers at most _PAGE rows a request
-                query = db.table("job_items").select("idx,item").eq("job_id", job_id).gte("idx", start_idx)
+    async def _read_docs(self, table: str, key: str, key_value: str, start_idx: int, end_idx: int | None,
+                         limit: int, columns: str) -> list[dict]:
+        """Up to `limit` rows of `table` (their `columns`, idx among them) in idx order, a page at a time."""
+        rows: list[dict] = []
+        async with self._mapped(f"read {table}") as db:
+            while len(rows) < limit:  # PostgREST answers at most _PAGE rows a request
+                query = db.table(table).select(columns).eq(key, key_value).gte("idx", start_idx)
                 if end_idx is not None:
                     query = query.lt("idx", end_idx)
-                want = min(_PAGE, limit - len(items))
+                want = min(_PAGE, limit - len(rows))
                 page = (await query.order("idx").limit(want).execute()).data
-                items.extend(Item.model_validate(r["item"]) for r in page)
+                rows.extend(page)
                 if len(page) < want:
                     break
                 start_idx = page[-1]["idx"] + 1
-        return items
+        return rows
 
     async def count_items(self, job_id: str) -> int:
         async with self._mapped("count_items") as db:
             rows = (await db.table("jobs").select("staged").eq("id", job_id).limit(1).execute()).data
         return rows[0]["staged"] if rows else 0
+
+    # ## Uploaded files
+
+    async def create_file(self, rec: FileRecord) -> None:
+        async with self._mapped("create_file") as db:
+            await db.table("files").upsert(file_row(rec), on_conflict="id", ignore_duplicates=True,
+                                           returning=ReturnMethod.minimal).execute()
+
+    async def finish_file(self, file_id: str, *, bytes: int, lines: int, rejected: int, status: str,
+                          status_details: str | None = None) -> None:
+        async with self._mapped("finish_file") as db:
+            await db.table("files").update(
+                {"bytes": bytes, "lines": lines, "rejected": rejected, "status": status,
+                 "status_details": status_details}, returning=ReturnMethod.minimal).eq("id", file_id).execute()
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        async with self._mapped("get_file") as db:
+            rows = (await db.table("files").select("*").eq("id", file_id).limit(1).execute()).data
+        return row_file(rows[0]) if rows else None
+
+    async def stage_file_lines(self, file_id: str, start_idx: int, rows: Sequence[Item | Rejection]) -> int:
+        return await self._stage("file_items", "file_id", file_id, start_idx, rows)
+
+    async def read_file_lines(self, file_id: str, *, start_idx: int = 0, end_idx: int | None = None,
+                              limit: int = 1000) -> list[Item | Rejection]:
+        docs = await self._read_docs("file_items", "file_id", file_id, start_idx, end_idx, limit, "idx,item")
+        return await off_loop(doc_rows, [d["item"] for d in docs], rows=len(docs))
+
+    async def copy_file_items(self, file_id: str, job_id: str) -> int:
+        # PostgREST runs no INSERT ... SELECT: the lines come over a page at a time and go back as
+        # job_items, as they are (no decoding), in batches under STAGE_BYTES
+        added, at = 0, 0
+        while page := await self._read_docs("file_items", "file_id", file_id, at, None, COPY_PAGE,
+                                            "idx,custom_id,item"):
+            batches = await asyncio.to_thread(_copied_batches, job_id, page)
+            added += await self._upsert_batches("job_items", "job_id", batches)
+            at = page[-1]["idx"] + 1
+        return added
 
     async def close(self) -> None:
         if self._client is not None:

@@ -21,11 +21,14 @@ def test_openapi_document_is_complete():
     doc = openapi_document()
     paths = doc["paths"]
     assert set(paths) == {"/healthz", "/readyz", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/results",
-                          "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel"}
+                          "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel", "/v1/files", "/v1/files/{file_id}",
+                          "/v1/files/{file_id}/content", "/v1/batches", "/v1/batches/{batch_id}",
+                          "/v1/batches/{batch_id}/cancel"}
     submit = paths["/v1/jobs"]["post"]
     assert set(submit["requestBody"]["content"]) == {"application/json", "application/jsonl"}
     assert {"202", "200", "413", "422", "401", "403", "429"} <= set(submit["responses"])
     assert "examples" in doc["components"]["schemas"]["JobIn"]
+    assert "input_file_id" in doc["components"]["schemas"]["JobFromFile"]["properties"]
     assert "examples" in doc["components"]["schemas"]["JobAccepted"]
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert all(op.get("security") for p, ops in paths.items() if p.startswith("/v1/") for op in ops.values())

@@ -23,8 +23,8 @@ def chunk(job_id: str, seq: int) -> ChunkEvent:
 
 
 class Silent(RecordingDispatcher):
-    async def submit(self, job) -> None:  # accepted, and nothing happens yet
-        self.jobs.append(job.id)
+    async def submit(self, refs) -> None:  # accepted, and nothing happens yet
+        self.jobs.append(refs[0].job_id)
 
 
 async def test_pings_on_an_idle_stream_then_resume_then_final_from_the_store(tmp_path):

@@ -19,8 +19,8 @@ KEY, OTHER = "stream-key-1", "stream-key-2"
 
 
 class Silent(RecordingDispatcher):
-    async def submit(self, job) -> None:  # accepted, and nothing happens until the test says so
-        self.jobs.append(job.id)
+    async def submit(self, refs) -> None:  # accepted, and nothing happens until the test says so
+        self.jobs.append(refs[0].job_id)
 
 
 def auth(key: str) -> dict[str, str]:

@@ -14,8 +14,10 @@ import asyncio
 import pytest
 import pytest_asyncio
 
+from shared.contracts.errors import ConfigError
 from shared.contracts.models import JobStatus
 from shared.contracts.settings import Settings
+from shared.contracts.shards import plan_shards
 from shared.queue.runpod import RunpodClient, RunpodError
 from shared.server.dispatch import RunpodDispatcher, make_dispatcher
 from shared.server.lifecycle import JobLifecycle
@@ -51,6 +53,10 @@ async def store(tmp_path):
     await s.close()
 
 
+def refs(job) -> list:
+    return plan_shards(job, job.total, 1000)
+
+
 def replica(runpod, store, **kw) -> RunpodDispatcher:
     """A dispatcher as an API process makes one: fresh, knowing only the store."""
     return RunpodDispatcher(client(runpod, **kw), store)
@@ -64,7 +70,7 @@ async def test_a_run_whose_answer_times_out_is_not_sent_again(runpod, store, tmp
     with pytest.raises(RunpodError, match="may have started"):
         await lifecycle.submit(job)
     await asyncio.sleep(2.0)  # anything still on its way has arrived by now
-    assert [run_input["id"] for _, run_input in runpod.seen.runs] == ["slow-run"]  # exactly one RunPod job
+    assert [run_input["job"]["id"] for _, run_input in runpod.seen.runs] == ["slow-run"]  # exactly one RunPod job
     record = await store.get_job(job.id)
     assert record.status == JobStatus.failed and "may have started" in record.error
     await dispatcher.close()
@@ -75,7 +81,7 @@ async def test_a_run_refused_before_it_got_in_is_retried_once_more(runpod, store
     dispatcher = replica(runpod, store)
     job = make_job(1, id="busy")
     await store.accept(job)
-    await dispatcher.submit(job)
+    await dispatcher.submit(refs(job))
     ((run_id, _),) = runpod.seen.runs
     assert await store.get_dispatch_ref(job.id) == run_id
     await dispatcher.close()
@@ -91,7 +97,7 @@ async def test_a_connection_refused_is_retried_and_then_reported(store):
     job = make_job(1, id="nowhere")
     await store.accept(job)
     with pytest.raises(RunpodError, match="ConnectError") as e:
-        await dispatcher.submit(job)
+        await dispatcher.submit(refs(job))
     assert "may have started" not in str(e.value)
     await dispatcher.close()
 
@@ -124,9 +130,19 @@ async def test_cancel_of_a_job_never_sent_to_runpod_asks_nothing(runpod, store):
 async def test_make_dispatcher_gives_the_runpod_dispatcher_the_store(runpod, store, tmp_path):
     dispatcher = make_dispatcher(settings(tmp_path, runpod), store)
     assert isinstance(dispatcher, RunpodDispatcher) and dispatcher.store is store
-    job = make_job(1, id="made")
-    await store.accept(job)
-    await dispatcher.submit(job)
-    ((run_id, _),) = runpod.seen.runs
-    assert await store.get_dispatch_ref(job.id) == run_id
+    assert str(dispatcher.client._http.base_url).startswith(runpod.url)
     await dispatcher.close()
+    with pytest.raises(ConfigError, match="RUNPOD_ENDPOINT_ID"):
+        make_dispatcher(settings(tmp_path, runpod).model_copy(update={"runpod_endpoint_id": None}), store)
+
+
+async def test_a_job_of_several_shards_is_one_run_each_and_cancel_reaches_them_all(runpod, store, tmp_path):
+    lifecycle = JobLifecycle(store, replica(runpod, store), settings(tmp_path, runpod, shard_size=2))
+    await lifecycle.submit(make_job(5, id="three-shards"))
+    run_ids = [run_id for run_id, _ in runpod.seen.runs]
+    assert [r["shard"] for _, r in runpod.seen.runs] == [0, 1, 2]
+    assert await store.get_dispatch_ref("three-shards") == ",".join(run_ids)
+    cancelled = await lifecycle.cancel("three-shards")
+    assert runpod.seen.cancels == run_ids
+    assert cancelled.stopped_before_start and cancelled.record.status == JobStatus.cancelled
+    await lifecycle.close()

@@ -12,6 +12,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from handler.platforms.runpod import RunpodHandler
+from handler.service import JobService
 from shared.contracts.errors import PayloadTooLarge
 from shared.contracts.models import Item, Job
 from shared.contracts.settings import Settings
@@ -21,6 +23,7 @@ from shared.server.dispatch import RunpodDispatcher
 from shared.server.lifecycle import JobLifecycle
 from shared.stores.sqlite import SQLiteStore
 from testkit import runpod_api as double
+from tests.fakes import FakeEngine
 
 KEY = "rp-limits-key"
 ENDPOINT = "ep1"
@@ -81,7 +84,7 @@ async def test_the_client_refuses_a_run_over_10_mib_before_sending_it(runpod):
         e = refused.value
         assert e.limit == 10 * MIB and e.size > 11 * MIB
         assert "RunPod" in e.message and "10485760 bytes" in e.message and str(e.size) in e.message
-        assert "Split it" in e.message and "DISPATCHER=local" in e.message
+        assert "Split it" in e.message and "stage its items in the store" in e.message
         assert (await rp.run({"prompt": "small"}))["status"] == "IN_QUEUE"  # one that fits goes
     finally:
         await rp.aclose()
@@ -102,19 +105,47 @@ async def test_the_product_measures_the_body_as_the_double_does(runpod):
     assert refused.value.size == len(body)
 
 
-async def test_the_dispatcher_refuses_a_job_over_10_mib_before_sending_or_recording_it(runpod, store):
+async def test_a_30_mb_job_goes_to_runpod_as_references_and_each_shard_runs_from_the_store(runpod, store):
+    """The lifecycle stages the items; each /run carries one shard's reference (far under 10 MiB); the
+    RunPod handler reads its shard from the store, and the last shard to end completes the job."""
+    dispatcher = RunpodDispatcher(client(runpod), store, retry_s=2)
+    settings = Settings(_env_file=None, store_retry_s=2, shard_size=10_000)
+    lifecycle = JobLifecycle(store, dispatcher, settings)
+    n = 30_000
+    job = Job(id="rp-big", chunk_size=1000, items=[Item(custom_id=f"c{i:05d}", prompt=f"{i} " + "y" * 1000)
+                                                   for i in range(n)])
+    assert len(job.model_dump_json()) > 30 * 10**6
+    accepted = await lifecycle.submit(job)
+    assert accepted.dispatched and accepted.total == n
+    runs = runpod.seen.runs
+    assert [r[1]["shard"] for r in runs] == [0, 1, 2]
+    assert all(len(product.run_body(r[1])) < 4096 for r in runs)  # references, not items
+    assert await store.get_dispatch_ref("rp-big") == ",".join(run_id for run_id, _ in runs)
+
+    service = JobService(FakeEngine(capacity=64), settings, store=store)
+    handler = RunpodHandler(service)
+    outputs = []
+    for run_id, job_input in runs:
+        out = [o async for o in handler.handle({"id": run_id, "input": job_input})]
+        assert all(o.get("results", []) == [] for o in out)  # the worker never holds results
+        outputs.append(out[-1])
+    assert [o["type"] for o in outputs] == ["final"] * 3
+    record = await lifecycle.get("rp-big")
+    assert (record.status, record.completed, record.total) == ("completed", n, n)
+    assert outputs[-1]["summary"]["completed"] == n  # the last shard ended the job: its rolled-up summary
+    assert outputs[0]["summary"]["completed"] == 10_000  # the others: their own
+    await dispatcher.close()
+
+
+async def test_the_dispatcher_refuses_options_over_10_mib_before_sending_or_recording_it(runpod, store):
     dispatcher = RunpodDispatcher(client(runpod), store, retry_s=2)
     lifecycle = JobLifecycle(store, dispatcher, Settings(_env_file=None, store_retry_s=2))
-    job = big_job("rp-big", 11 * MIB)
+    job = Job(id="rp-heavy", metadata={"blob": "z" * (11 * MIB)}, items=[Item(custom_id="a", prompt="hi")])
     with pytest.raises(PayloadTooLarge) as refused:
-        dispatcher.check(job)
-    assert "RunPod" in refused.value.message
-    with pytest.raises(PayloadTooLarge):
-        await dispatcher.submit(job)  # the dispatcher measures again before sending
-    with pytest.raises(PayloadTooLarge):
         await lifecycle.submit(job)  # refused before store.accept: no row, never "queued"
+    assert "RunPod" in refused.value.message and "metadata" in refused.value.message
     assert runpod.seen.runs == []
-    assert await store.get_job("rp-big") is None
+    assert await store.get_job("rp-heavy") is None
     accepted = await lifecycle.submit(big_job("rp-small", 3000))
     assert accepted.dispatched and len(runpod.seen.runs) == 1
     await dispatcher.close()

@@ -163,8 +163,8 @@ async def test_web_app_spawns_and_streams_from_the_store(api_env, local_service,
 
         events = None
 
-        async def submit(self, job):
-            self.jobs.append(asyncio.create_task(modal_app.LLMJobs().run.local(job.wire())))
+        async def submit(self, refs):
+            self.jobs.extend(asyncio.create_task(modal_app.LLMJobs().run.local(ref.wire())) for ref in refs)
 
     app = modal_app.web_app(LocalSpawn())
     transport = httpx.ASGITransport(app=app)

@@ -152,21 +152,23 @@ async def test_every_event_type_round_trips_through_the_stream(queue, redis_serv
 
 
 async def test_a_cancelled_or_dead_job_submitted_again_runs_again_and_a_held_one_is_left_alone(queue):
+    from shared.contracts.shards import plan_shards
     from shared.server.dispatch import QueueDispatcher
 
     dispatcher = QueueDispatcher(queue)
-    await dispatcher.submit(make_job(1, id="again"))
+    await dispatcher.submit(plan_shards(make_job(1, id="again"), 1, 1000))
     await queue.publish("again", chunk_event("again", 1))
     assert await queue.cancel("again") is True  # removed before it ran
     assert await queue.reserve("w", 30) is None
 
-    await dispatcher.submit(make_job(1, id="again"))  # the lifecycle re-dispatches a cancelled job
+    # the lifecycle re-dispatches a cancelled job
+    await dispatcher.submit(plan_shards(make_job(1, id="again"), 1, 1000))
     assert not await queue.is_cancelled("again") and await queue.events("again") == []  # old events gone
     lease = await queue.reserve("w", 30)
-    assert lease is not None and lease.job.id == "again" and lease.attempt == 1
+    assert lease is not None and lease.job_id == "again" and lease.attempt == 1
 
     assert await queue.resubmit(make_job(1, id="again")) is False  # running: left alone
     assert await queue.nack(lease, "boom", dead_letter=True) == "dead"
-    await dispatcher.submit(make_job(1, id="again"))  # dead-lettered: back with fresh attempts
+    await dispatcher.submit(plan_shards(make_job(1, id="again"), 1, 1000))  # dead-lettered: back with fresh attempts
     assert [d["id"] for d in await queue.dead()] == []
     assert (await queue.reserve("w", 30)).attempt == 1

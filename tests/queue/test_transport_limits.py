@@ -2,9 +2,11 @@
 
 The Upstash adapter (testkit/upstash.py) refuses what Upstash refuses: a command over 10 MB with
 "ERR max request size exceeded. Limit: ... bytes, Actual: ... bytes. ...", and a write that would make
-one record bigger than 100 MB with "ERR max single record size exceeded". The product measures a job
-before it sends it: `JobQueue.enqueue` raises `PayloadTooLarge` without a request, and the API answers
-413 naming the size, the limit and what to do, with nothing stored and nothing queued.
+one record bigger than 100 MB with "ERR max single record size exceeded". The product never sends a
+job's items through the queue: they are staged in the store and the queue carries shard references, so
+a 30 MB job goes through. `JobQueue.enqueue` measures what it sends and raises `PayloadTooLarge` without
+a request (a whole inline job, or a reference whose options are too big), and the API answers 413
+naming the size, the limit and what to do, with nothing stored and nothing queued.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 from upstash_redis.asyncio import Redis
 from upstash_redis.errors import UpstashError
 
+from handler.worker import Worker
 from shared.contracts.errors import PayloadTooLarge, QueueError
 from shared.contracts.models import Item, Job, JobStatus
 from shared.contracts.settings import Settings
@@ -27,6 +30,7 @@ from testkit import UPSTASH_TOKEN
 from testkit import upstash as double
 from testkit.serve import free_port
 from tests.conftest import make_queue
+from tests.fakes import FakeEngine
 
 MB = 1024 * 1024
 
@@ -129,7 +133,7 @@ async def test_enqueue_refuses_a_job_over_10_mb_before_sending_it():
     e = refused.value
     assert e.limit == 10_485_760 and e.size > 11 * MB
     assert "10485760 bytes" in e.message and str(e.size) in e.message
-    assert "Upstash" in e.message and "Split it" in e.message and "DISPATCHER=local" in e.message
+    assert "Upstash" in e.message and "Split it" in e.message and "stage its items in the store" in e.message
     assert e.issues[0].field == "items"
 
 
@@ -161,14 +165,14 @@ async def test_the_product_measures_a_command_as_the_adapter_does(redis_server, 
 
 
 async def test_a_job_refused_after_it_was_recorded_is_failed_not_left_queued(redis_server, queue, tmp_path):
-    """Without the pre-check (a dispatcher that has none), the refusal comes from enqueue: the lifecycle
-    records the job failed, with the reason, and raises it."""
+    """Without the pre-check (a dispatcher whose check passes it), the refusal comes from enqueue: the
+    lifecycle records the job failed, with the reason, and raises it."""
     redis_server.flush()
     store = SQLiteStore(tmp_path / "jobs.db")
     dispatcher = QueueDispatcher(queue)
-    dispatcher.check = None  # the lifecycle skips a dispatcher's missing check
+    dispatcher.check = lambda ref: None
     lifecycle = JobLifecycle(store, dispatcher, Settings(_env_file=None, store_retry_s=2))
-    job = Job(id="late", items=[Item(custom_id="a", prompt="x" * 1000)])
+    job = Job(id="late", metadata={"note": "x" * 1000}, items=[Item(custom_id="a", prompt="x")])
     queue.max_request_bytes = 1000
     with pytest.raises(PayloadTooLarge):
         await lifecycle.submit(job)
@@ -178,20 +182,57 @@ async def test_a_job_refused_after_it_was_recorded_is_failed_not_left_queued(red
     await store.close()
 
 
-async def test_the_api_answers_413_for_a_15_mb_job_and_queues_nothing(redis_server, upstash, tmp_path):
+async def test_a_30_mb_job_goes_through_the_queue_as_references(redis_server, upstash, tmp_path):
+    """The API stages a 30 MB job's items in the store and queues one small reference per shard; a
+    worker reads its shard from the store and every item is stored once."""
+    redis_server.flush()
+    settings = Settings(_env_file=None, dispatcher="queue", upstash_redis_rest_url=upstash.url,
+                        upstash_redis_rest_token=UPSTASH_TOKEN, rate_limit_per_minute=0, shard_size=4000,
+                        sqlite_path=tmp_path / "jobs.db", validation_timeout_s=120)
+    app = create_app(settings)
+    n, size = 30_000, 1000
+    job = Job(id="thirty", chunk_size=500,
+              items=[Item(custom_id=f"c{i:05d}", prompt=f"{i} " + "y" * size) for i in range(n)])
+    body = job.model_dump_json(exclude_none=True).encode()
+    assert len(body) > 30 * 10**6
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                                 base_url="http://api.test", timeout=300) as client:
+        r = await client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 202, r.text[:500]
+        assert r.json()["total"] == n
+    lifecycle = app.state.llm_jobs.lifecycle
+    queue = lifecycle.dispatcher.queue
+    listed = await queue.list()
+    assert listed["queued_default"] == [f"thirty#{k}" for k in range(8)]  # 30,000 / 4,000 -> 8 shards
+    docs = [await queue._redis.get(f"{queue.p}job:thirty#{k}") for k in range(8)]
+    assert max(len(d) for d in docs) < 2000  # references, not items
+    assert await lifecycle.store.count_items("thirty") == n
+
+    worker = Worker(FakeEngine(capacity=64), queue, lifecycle.store, drain=True, lease_s=30)
+    stats = await worker.run()
+    assert stats.done == 8
+    record = await lifecycle.get("thirty")
+    assert (record.status, record.completed, record.total) == (JobStatus.completed, n, n)
+    finals = [e.event for e in await queue.events("thirty", count=1000) if e.event.type == "final"]
+    assert len(finals) == 1 and finals[0].summary.completed == n
+    await lifecycle.close()
+
+
+async def test_the_api_answers_413_for_options_over_the_limit_and_queues_nothing(redis_server, upstash, tmp_path):
     redis_server.flush()
     settings = Settings(_env_file=None, dispatcher="queue", upstash_redis_rest_url=upstash.url,
                         upstash_redis_rest_token=UPSTASH_TOKEN, rate_limit_per_minute=0,
-                        max_prompt_chars=6_000_000, sqlite_path=tmp_path / "jobs.db")
+                        sqlite_path=tmp_path / "jobs.db")
     app = create_app(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
                                  base_url="http://api.test", timeout=120) as client:
-        r = await client.post("/v1/jobs", json=big_job("fifteen", 15 * MB).wire())
+        heavy = Job(id="heavy", metadata={"blob": "z" * (11 * MB)}, items=[Item(custom_id="a", prompt="hi")])
+        r = await client.post("/v1/jobs", json=heavy.wire())
         assert r.status_code == 413, r.text[:500]
         detail = r.json()["detail"]
         assert "10485760 bytes" in detail and "Upstash" in detail
-        assert "Split it" in detail and "DISPATCHER=local" in detail
-        assert (await client.get("/v1/jobs/fifteen")).status_code == 404  # nothing recorded: never "queued"
+        assert "options" in detail and "metadata" in detail
+        assert (await client.get("/v1/jobs/heavy")).status_code == 404  # nothing recorded: never "queued"
         small = await client.post("/v1/jobs", json=big_job("small", 1000).wire())
         assert small.status_code == 202  # the same server queues a job that fits
     queue = app.state.llm_jobs.lifecycle.dispatcher.queue

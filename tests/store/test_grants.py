@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 CLIENT_ROLES = ("anon", "authenticated")
-TABLES = ("jobs", "job_results", "job_items")
+TABLES = ("jobs", "job_results", "job_items", "files", "file_items")
 
 
 @pytest.mark.parametrize("role", CLIENT_ROLES)
@@ -30,9 +30,10 @@ def test_client_roles_cannot_truncate(pg, role, table):
         conn.rollback()
 
 
-def test_job_items_has_row_level_security(pg):
-    # like job_results: the service role bypasses it; on Supabase, owners read their own jobs' items
-    assert pg.query("select relrowsecurity from pg_class where oid = 'public.job_items'::regclass") == [(True,)]
+@pytest.mark.parametrize("table", ["job_items", "files", "file_items"])
+def test_staged_tables_have_row_level_security(pg, table):
+    # like job_results: the service role bypasses it; on Supabase, owners read their own rows
+    assert pg.query("select relrowsecurity from pg_class where oid = %s::regclass", f"public.{table}") == [(True,)]
 
 
 def test_the_service_role_keeps_its_privileges(pg):

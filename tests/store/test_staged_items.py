@@ -1,18 +1,21 @@
 """A job's items in the store (issue 12, "big jobs"): staged in batches, idempotent on (job_id, idx),
-read back as shards (idx ranges) page by page. The same suite runs against SQLite, Postgres and
+read back as shards (idx ranges) page by page; rejections staged with them; done_ids per page of ids;
+begin with the job's real total. The same suite runs against SQLite, Postgres and
 Supabase (supabase-py -> the PostgREST adapter -> real Postgres)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import threading
 import time
 
 import pytest
 
-from shared.contracts.errors import StoreError, StoreUnavailable
-from shared.contracts.models import Item, Job, Message, Sampling
+from shared.contracts.errors import ErrorCode, StoreError, StoreUnavailable
+from shared.contracts.models import Item, Job, JobStatus, Message, Rejection, Result, ResultStatus, Sampling
 from shared.stores import supabase as supabase_store
-from shared.stores.base import retrying
+from shared.stores.base import doc_row, item_doc, retrying, row_doc, row_json
 from shared.stores.postgres import PostgresStore
 from shared.stores.sqlite import SQLiteStore
 from shared.stores.supabase import SupabaseStore
@@ -231,3 +234,152 @@ def test_a_row_larger_than_the_budget_goes_alone():
     rows = [{"n": "x" * 10}, {"n": "y" * 100}, {"n": "z"}]
     assert [len(b) for b in supabase_store._batches(rows, 50)] == [1, 1, 1]
     assert [len(b) for b in supabase_store._batches(rows, 10_000)] == [3]
+
+
+# ## Rejections are staged too: a job's rows are items and the items refused at the edge
+
+
+def rejection(idx: int, cid: str | None = None, **kw) -> Rejection:
+    return Rejection(custom_id=cid or f"bad{idx:06d}", index=idx, line=idx + 1, field="prompt",
+                     code=ErrorCode.invalid_item, message=f"line {idx + 1} is not an item", **kw)
+
+
+def mixed(start: int, n: int) -> list[Item | Rejection]:
+    """Every third row refused."""
+    return [rejection(i) if i % 3 == 2 else Item(custom_id=f"c{i:06d}", prompt=f"prompt {i}")
+            for i in range(start, start + n)]
+
+
+async def test_rejections_round_trip_in_idx_order(store):
+    job = await staged_job(store)
+    rows = mixed(0, 300)
+    assert await store.stage_items(job, 0, rows[:200]) == 200
+    assert await store.stage_items(job, 200, rows[200:]) == 100
+    assert await store.count_items(job) == 300
+    got = await store.read_items(job, limit=1000)
+    assert got == rows
+    assert [type(r) for r in got[:3]] == [Item, Item, Rejection]
+    assert await store.read_items(job, start_idx=2, end_idx=3) == [rejection(2)]
+    odd = Rejection(custom_id="çà \t\\\"q\"", index=-1, line=None, field="", code=ErrorCode.invalid_item,
+                    message="Ünïcode 🌍 and \n newlines")
+    assert await store.stage_items(job, 300, [odd]) == 1
+    assert await store.read_items(job, start_idx=300) == [odd]
+
+
+async def test_a_re_sent_batch_with_rejections_changes_nothing(store):
+    job = await staged_job(store)
+    rows = mixed(0, 90)
+    await store.stage_items(job, 0, rows[:60])
+    assert await store.stage_items(job, 30, rows[30:]) == 30  # half again
+    assert await store.stage_items(job, 0, rows) == 0
+    assert await store.count_items(job) == 90
+    assert await store.read_items(job) == rows
+    with pytest.raises(StoreError):  # a rejection's custom_id is the job's too: no item may take it
+        await store.stage_items(job, 90, [Item(custom_id="bad000002", prompt="again")])
+
+
+def test_the_encoding_is_one_place():
+    item, refused = Item(custom_id="a", prompt="p"), rejection(4)
+    assert row_doc(item) == item_doc(item) and "rejected" not in row_doc(item)
+    assert row_doc(refused) == {"rejected": refused.model_dump(mode="json")}
+    for row in (item, refused):
+        assert doc_row(row_doc(row)) == row and doc_row(row_json(row)) == row
+        assert json.loads(row_json(row)) == row_doc(row)
+
+
+# ## done_ids per page of ids
+
+
+def ok(cid: str) -> Result:
+    return Result(custom_id=cid, status=ResultStatus.ok, text="t")
+
+
+ODD_IDS = ["a,b", "(x)", 'q"uote', "back\\slash", "sp ace", " lead", "pct%20", "amp&x=1", "dot.in.(", "ç🌍",
+           "null", "semi;colon", "col:on", "*star", "x" * 256]
+
+
+async def test_done_ids_of_some_ids_only(store):
+    job = await staged_job(store)
+    await store.write(job, [ok(f"r{i:05d}") for i in range(0, 1500)])
+    await store.write(job, [Result.failure(f"r{i:05d}", "timeout", "slow") for i in range(0, 1500, 7)])
+    await store.write(job, [ok(c) for c in ODD_IDS])
+    asked = [f"r{i:05d}" for i in range(1000, 2000)] + ["nope", "r01001", *ODD_IDS, "a", "b"]
+    done = await store.done_ids(job, asked)
+    want = {f"r{i:05d}": ResultStatus.error if i % 7 == 0 else ResultStatus.ok for i in range(1000, 1500)}
+    want.update({c: ResultStatus.ok for c in ODD_IDS})
+    assert done == want
+    assert await store.done_ids(job, []) == {}
+    assert await store.done_ids(job, ["nope"]) == {}
+    assert await store.done_ids("other-job", asked[:10]) == {}
+    assert len(await store.done_ids(job)) == 1500 + len(ODD_IDS)  # (all of them, as before)
+
+
+async def test_supabase_done_ids_urls_stay_short(pg, postgrest):
+    from testkit import SERVICE_KEY
+
+    pg.truncate()
+    sb = SupabaseStore("http://supabase.test", SERVICE_KEY, transport=postgrest, timeout_s=5)
+    try:
+        job = await staged_job(sb)
+        long_ids = [f"{i:04d}-" + "é,\"(" * 60 for i in range(300)] + [f"s{i}" for i in range(500)]
+        await sb.write(job, [ok(c) for c in long_ids[::2]])
+        postgrest.log.clear()
+        done = await sb.done_ids(job, long_ids)
+        assert done == {c: ResultStatus.ok for c in long_ids[::2]}
+        gets = [r for r in postgrest.log if r.method == "GET"]
+        assert len(gets) > 4 and all(r.params["custom_id"].startswith("in.(") for r in gets)
+        assert max(len(r.url) for r in gets) < 8 * 1024, max(len(r.url) for r in gets)
+        assert all(r.params["job_id"] == f"eq.{job}" for r in gets)
+    finally:
+        await sb.close()
+
+
+# ## begin with the job's real total
+
+
+async def test_begin_with_a_total_keeps_the_counters(store):
+    job = await staged_job(store)
+    assert (await store.get_job(job)).total == 0
+    options = Job(id=job, items=[], model="m", metadata={"k": 1})  # a shard's worker: options only
+    await store.begin(options, total=5000)
+    rec = await store.get_job(job)
+    assert (rec.status, rec.total, rec.model, rec.metadata) == (JobStatus.running, 5000, "m", {"k": 1})
+    assert rec.started_at is not None  # an accepted job's first run starts it
+    started = rec.started_at
+    await store.write(job, [ok("a"), ok("b"), Result.failure("c", "timeout", "slow")])
+    await store.begin(options, total=5000)  # the next shard begins
+    rec = await store.get_job(job)
+    assert (rec.total, rec.completed, rec.failed, rec.started_at) == (5000, 2, 1, started)
+    await store.begin(Job(id=job, items=items(0, 3)))  # no total: the job's own
+    assert (await store.get_job(job)).total == 3
+    assert await store.accept(Job(id="acc-total", items=[]), total=42)
+    assert (await store.get_job("acc-total")).total == 42
+
+
+# ## CPU work off the event loop
+
+
+async def test_big_batches_are_encoded_and_decoded_off_the_loop(store, monkeypatch):
+    from shared.stores import base, postgres, sqlite
+
+    module, name = {SQLiteStore: (sqlite, "_staged_rows"), PostgresStore: (postgres, "_copy_rows"),
+                    SupabaseStore: (supabase_store, "_staged_batches")}[type(store)]
+    threads: dict[str, set[str]] = {"encode": set(), "decode": set()}
+    encode, decode = getattr(module, name), base.doc_rows
+
+    def spy_encode(*args):
+        threads["encode"].add(threading.current_thread().name)
+        return encode(*args)
+
+    def spy_decode(docs):
+        threads["decode"].add(threading.current_thread().name)
+        return decode(docs)
+
+    monkeypatch.setattr(module, name, spy_encode)
+    monkeypatch.setattr(module, "doc_rows", spy_decode)
+    job = await staged_job(store)
+    await store.stage_items(job, 0, mixed(0, 2000))
+    assert await store.read_items(job, limit=2000) == mixed(0, 2000)
+    loop_thread = threading.current_thread().name
+    assert threads["encode"] and loop_thread not in threads["encode"]
+    assert threads["decode"] and loop_thread not in threads["decode"]

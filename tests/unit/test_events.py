@@ -243,18 +243,19 @@ async def test_the_sdk_surfaces_a_gap_and_reads_on_to_the_final():
 
 async def test_the_local_dispatcher_keeps_only_an_events_maxlen_tail_of_a_big_job(tmp_path):
     from shared.contracts.settings import Settings
+    from shared.contracts.shards import plan_shards
     from shared.server.dispatch import LocalDispatcher
     from tests.fakes import chunk_event
 
     class Service:  # JobService's `events`, without an engine: 50 chunks, then the final
         async def events(self, job):
             for seq in range(1, 51):
-                yield chunk_event(job.id, seq)
-            yield FinalEvent(job_id=job.id, outcome=Outcome.completed, summary=Summary.empty(50))
+                yield chunk_event(job.job_id, seq)
+            yield FinalEvent(job_id=job.job_id, outcome=Outcome.completed, summary=Summary.empty(50))
 
     store = SQLiteStore(tmp_path / "jobs.db")
     dispatcher = LocalDispatcher(Settings(_env_file=None, events_maxlen=10), store, service=Service())
-    await dispatcher.submit(make_job(50, id="big"))
+    await dispatcher.submit(plan_shards(make_job(50, id="big"), 50, 20))  # three shards: run here as one
     await dispatcher._tasks["big"]
     got = await dispatcher.events.after("big", None)
     await store.close()

@@ -19,7 +19,8 @@ from tests.fakes import chunk_event
 
 
 class Recorder:
-    """Records submits and cancels; runs nothing. `cancel` answers `stops_queued` (the queue removed it)."""
+    """Records submits and cancels; runs nothing. `cancel` answers `stops_queued` (none of the job runs any
+    more: the queue removed what waited)."""
 
     name = "recorder"
 
@@ -30,8 +31,10 @@ class Recorder:
         self.stops_queued = stops_queued
         self.closed = False
 
-    async def submit(self, job) -> None:
-        self.submitted.append(job.id)
+    def check(self, ref) -> None: ...
+
+    async def submit(self, refs) -> None:
+        self.submitted.append(refs[0].job_id)
 
     async def cancel(self, job_id: str) -> bool:
         self.cancelled.append(job_id)
@@ -151,7 +154,7 @@ async def test_cancel_before_it_started_records_cancelled(store):
 
 
 async def test_cancel_of_a_running_job_asks_it_to_stop_and_records_nothing(store):
-    dispatcher = Recorder(stops_queued=True)
+    dispatcher = Recorder(stops_queued=False)  # the dispatcher says it still runs
     jobs = JobLifecycle(store, dispatcher, SETTINGS)
     job = make_job(4, id="busy")
     await jobs.submit(job)
@@ -236,7 +239,7 @@ async def test_a_reader_that_refuses_a_job_records_nothing(store):
 
 async def test_a_job_that_could_not_be_dispatched_is_failed_and_a_resubmit_dispatches_it(store):
     class Down(Recorder):
-        async def submit(self, job) -> None:
+        async def submit(self, refs) -> None:
             raise QueueUnavailable("queue enqueue: no answer in 5 s")
 
     with pytest.raises(QueueUnavailable):

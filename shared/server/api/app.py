@@ -42,7 +42,7 @@ from shared.contracts.settings import Settings, get_settings
 from shared.server.api.auth import KeyRing, MemoryRateLimit, UpstashRateLimit, rate_limiter
 from shared.server.api.problems import answer
 from shared.server.api.readiness import ReadinessProbe
-from shared.server.api.schemas import JobIn
+from shared.server.api.schemas import JobFromFile, JobIn
 from shared.server.api.streams import StreamSlots
 from shared.server.dispatch import Dispatcher, make_dispatcher
 from shared.server.lifecycle import JobLifecycle
@@ -88,6 +88,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _routes_only(lifespan: Any = None) -> FastAPI:
+    from shared.server.api.openai_routes import batches, files
     from shared.server.api.routes import health, jobs
 
     app = FastAPI(title="llm-jobs", version="0.1.0", lifespan=lifespan,
@@ -96,6 +97,8 @@ def _routes_only(lifespan: Any = None) -> FastAPI:
     _errors(app)
     app.include_router(health)
     app.include_router(jobs)
+    app.include_router(files)  # OpenAI's Files and Batches API (shared/server/api/openai_routes.py)
+    app.include_router(batches)
     app.openapi = lambda: _openapi(app)
     return app
 
@@ -196,6 +199,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     job_schema = JobIn.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(job_schema.pop("$defs", {}))
     components["JobIn"] = job_schema
+    from_file = JobFromFile.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(from_file.pop("$defs", {}))
+    components["JobFromFile"] = from_file
     schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     for path, ops in schema["paths"].items():
         if path.startswith("/v1/"):

@@ -16,15 +16,16 @@ or short C calls: documents are decoded element by element (`shared/contracts/js
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from anyio import to_thread
 
-from shared.contracts.errors import InputError
-from shared.contracts.inputs import parse_job_document, parse_job_text
+from shared.contracts.errors import InputError, Issue
+from shared.contracts.inputs import parse_job_document, parse_job_options, parse_job_text
 from shared.contracts.jsontext import JsonProblem, decode_utf8, loads_document
-from shared.contracts.models import Job, new_job_id
+from shared.contracts.models import Job, JobOptions, new_job_id
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings
 
@@ -33,10 +34,19 @@ def is_jsonl(content_type: str) -> bool:
     return "jsonl" in content_type or "ndjson" in content_type or "json" not in content_type
 
 
+@dataclass(frozen=True, slots=True)
+class FileJob:
+    """A job whose items are an uploaded file's lines: `{"input_file_id": "file-...", ...options}`."""
+
+    options: JobOptions
+    file_id: str
+
+
 def parse_body(raw: bytes, content_type: str, limits: Limits, *, job_id: str | None, strict: bool,
-               timeout_s: float | None = None) -> Job:
+               timeout_s: float | None = None) -> Job | FileJob:
     """A request body as a validated Job: a Job document (JSON), or items / OpenAI Batch lines (JSONL)
-    whose id (the idempotency key) comes from `job_id`. Raises InputError naming every problem."""
+    whose id (the idempotency key) comes from `job_id`; or the options of a job of an uploaded file
+    (a JSON document with `input_file_id` and no items). Raises InputError naming every problem."""
     text = decode_utf8(raw)
     checks: dict[str, Any] = {"limits": limits, "any_model": True, "strict": strict, "timeout_s": timeout_s}
     if not is_jsonl(content_type):
@@ -46,8 +56,21 @@ def parse_body(raw: bytes, content_type: str, limits: Limits, *, job_id: str | N
             raise InputError([e.issue]) from None
         if isinstance(doc, dict) and not doc.get("id"):
             doc = {**doc, "id": job_id or new_job_id()}
+        if isinstance(doc, dict) and "input_file_id" in doc:
+            return _file_job(doc, limits)
         return parse_job_document(doc, **checks)
     return parse_job_text(text, options={"id": job_id or new_job_id()}, **checks)
+
+
+def _file_job(doc: dict[str, Any], limits: Limits) -> FileJob:
+    doc = dict(doc)
+    file_id = doc.pop("input_file_id")
+    if not isinstance(file_id, str) or not file_id:
+        raise InputError([Issue("must be the id of an uploaded file (POST /v1/files)", field="input_file_id")])
+    if "items" in doc or "rejected" in doc:
+        raise InputError([Issue("a job takes its items from `items` or from `input_file_id`, not both",
+                                field="items")])
+    return FileJob(parse_job_options(doc, limits=limits, any_model=True), file_id)
 
 
 class Intake:
@@ -58,7 +81,7 @@ class Intake:
         self.timeout_s = settings.validation_timeout_s
         self._slots = anyio.CapacityLimiter(settings.validation_concurrency)
 
-    async def parse(self, raw: bytes, content_type: str, *, job_id: str | None, strict: bool) -> Job:
+    async def parse(self, raw: bytes, content_type: str, *, job_id: str | None, strict: bool) -> Job | FileJob:
         return await to_thread.run_sync(lambda: parse_body(raw, content_type, self.limits, job_id=job_id,
                                                            strict=strict, timeout_s=self.timeout_s),
                                         limiter=self._slots)

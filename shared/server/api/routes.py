@@ -12,7 +12,7 @@ from shared.contracts.models import ID_PATTERN, Job, JobRecord, JobStatus
 from shared.contracts.openai_batch import to_openai
 from shared.server.api.app import AppState, Caller, MaySeeDetails, State
 from shared.server.api.gc_pause import full_collections_deferred
-from shared.server.api.intake import intake_of
+from shared.server.api.intake import FileJob, intake_of
 from shared.server.api.problems import RETRY_AFTER_S
 from shared.server.api.schemas import (
     Cancelled,
@@ -58,17 +58,21 @@ _JSONL_EXAMPLE = ('{"custom_id": "a", "method": "POST", "url": "/v1/chat/complet
            responses={200: {"model": JobAccepted, "description": "a job with this id is known: nothing new ran"},
                       413: {"model": Problem}, 422: {"model": Problem}, **ERRORS},
            openapi_extra={"requestBody": {"required": True, "content": {
-               "application/json": {"schema": {"$ref": "#/components/schemas/JobIn"}},
+               "application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/JobIn"},
+                                                         {"$ref": "#/components/schemas/JobFromFile"}]}},
                "application/jsonl": {"schema": {"type": "string"}, "example": _JSONL_EXAMPLE}}}})
 async def submit(request: Request, state: AppState, who: Caller,
                  id: Annotated[str | None, Query(description="job id for a JSONL body (the idempotency key)",
                                                  pattern=ID_PATTERN)] = None,
                  strict: Annotated[bool, Query(description="refuse the job if any item is invalid; with "
                                                "false, bad items become error results")] = True) -> JSONResponse:
-    raw = await _body(request, state.settings.max_body_bytes)
+    raw = await read_body(request, state.settings.max_body_bytes)
     with full_collections_deferred():  # a big job's objects would make each full GC stall every request
         job = await _parse(raw, request, state, job_id=id, strict=strict)
-        accepted = await state.lifecycle.submit(job)
+        if isinstance(job, FileJob):  # its items are an uploaded file's lines, staged already
+            accepted = await state.lifecycle.submit_file(job.options, job.file_id)
+        else:
+            accepted = await state.lifecycle.submit(job)
         del job
     return JSONResponse(_accepted(accepted, state).model_dump(), status_code=202 if accepted.dispatched else 200)
 
@@ -137,7 +141,8 @@ async def _stream(state: State, job_id: str, last_id: str | None, request: Reque
         yield {"id": ev.id, "event": ev.event.type, "data": ev.event.model_dump_json()}
 
 
-async def _body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused with 413 once it is over `limit` bytes (declared or read)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"the body is over {limit} bytes")
@@ -150,8 +155,9 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _parse(raw: bytes, request: Request, state: State, *, job_id: str | None, strict: bool) -> Job:
-    """The body as a validated Job, validated in a worker thread (shared/server/api/intake.py)."""
+async def _parse(raw: bytes, request: Request, state: State, *, job_id: str | None, strict: bool) -> Job | FileJob:
+    """The body as a validated Job (or a job of an uploaded file), validated in a worker thread
+    (shared/server/api/intake.py)."""
     intake = intake_of(request.app.state, state.settings, state.limits)
     return await intake.parse(raw, request.headers.get("content-type", "application/json"), job_id=job_id,
                               strict=strict)
@@ -160,8 +166,8 @@ async def _parse(raw: bytes, request: Request, state: State, *, job_id: str | No
 def _accepted(accepted: Accepted, state: State) -> JobAccepted:
     job = accepted.job
     base = f"/v1/jobs/{job.id}"
-    return JobAccepted(id=job.id, status=accepted.status, total=job.total, created=accepted.created,
-                       estimated_time_s=state.lifecycle.estimate_s(job), status_url=base,
+    return JobAccepted(id=job.id, status=accepted.status, total=accepted.total, created=accepted.created,
+                       estimated_time_s=state.lifecycle.estimate_s(accepted.total), status_url=base,
                        events_url=f"{base}/events", results_url=f"{base}/results")
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts.models import Item, JobOptions, JobStatus, Rejection, Summary
+from shared.contracts.openai_files import BatchList, BatchObject, FileObject  # noqa: F401 (the API's bodies too)
 
 EXAMPLE_JOB = {
     "id": "essays-2026-11",
@@ -31,6 +32,14 @@ class JobIn(JobOptions):
     items: list[Item] = Field(min_length=1)
     rejected: list[Rejection] = Field(default_factory=list)
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_JOB]})
+
+
+class JobFromFile(JobOptions):
+    """A job whose items are the lines of a file uploaded with POST /v1/files (validated there, line by
+    line, and staged in the store): its options and the file's id, no items."""
+
+    input_file_id: str = Field(min_length=1, examples=["file-0123456789abcdef01234567"])
+    model_config = ConfigDict(extra="forbid")
 
 
 class JobAccepted(BaseModel):
@@ -117,3 +126,40 @@ class Ready(BaseModel):
     #: only with a valid key (or on a server with no API_KEYS): the dispatcher, its stats, each check's
     #: "ok" or "failed: <kind> (error id ...)"
     checks: dict[str, Any] | None = None
+
+
+# ## OpenAI's Files and Batches API (shared/server/api/openai_routes.py)
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    #: "invalid_request_error" (the caller's request) or "server_error"
+    type: str
+    #: the field at fault, when one is
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """What OpenAI's clients read from an error answer (the openai package raises e.g. NotFoundError)."""
+
+    error: OpenAIErrorBody
+    #: on a failure of the server (5xx): quote it to the operator; the server's log has the full text under it
+    error_id: str | None = None
+    model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
+        "message": "no batch 'batch_0123'", "type": "invalid_request_error", "param": None, "code": "not_found"}}]})
+
+
+class BatchIn(BaseModel):
+    """`POST /v1/batches`: a batch over an uploaded file (`POST /v1/files`, purpose=batch)."""
+
+    input_file_id: str = Field(min_length=1, max_length=256)
+    endpoint: Literal["/v1/chat/completions", "/v1/completions"]
+    completion_window: Literal["24h"]
+    #: up to 16 string pairs (keys up to 64 characters, values up to 512)
+    metadata: dict[str, str] | None = None
+    #: accepted and ignored: results are kept with the job
+    output_expires_after: dict[str, Any] | None = None
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
+        "input_file_id": "file-0123456789abcdef01234567", "endpoint": "/v1/chat/completions",
+        "completion_window": "24h", "metadata": {"project": "essays"}}]})
+
