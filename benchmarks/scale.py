@@ -113,13 +113,13 @@ async def fan_out(svc: Services, args: argparse.Namespace) -> None:
 
 async def shards(svc: Services, args: argparse.Namespace) -> None:
     """One worker, the same job as 1 shard, as 4, and in shards of each of --sizes: what sharding costs."""
-    print(f"sharding overhead: {args.items} items on one worker (one shard at a time)")
+    print(f"sharding overhead: {args.items} items on one worker ({args.concurrency} shard(s) at a time)")
     print(f"{'shard size':>11}{'shards':>8}{'items/s':>10}{'vs 1 shard':>12}")
     one = None
     sizes = [args.items, args.items // 4, *(int(x) for x in args.sizes.split(",") if x)]
     for size in sizes:
         rate = await run_job(svc, args.items, workers=1, shard_size=size, latency=args.latency,
-                             capacity=args.capacity)
+                             capacity=args.capacity, concurrency=args.concurrency)
         one = one or rate
         print(f"{size:>11}{-(-args.items // size):>8}{rate:>10.0f}{rate / one:>12.3f}", flush=True)
 
@@ -258,6 +258,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--workers", default="1,4,8")
     ap.add_argument("--sizes", default="1000,250", help="shards: more shard sizes to try")
+    ap.add_argument("--concurrency", type=int, default=1, help="shards: entries one worker runs at once")
     args = ap.parse_args()
     if args.what == "real-engine":
         args.items = args.items or 2000
