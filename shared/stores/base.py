@@ -44,6 +44,7 @@ from shared.contracts.models import (
     Summary,
     Usage,
 )
+from shared.contracts.owners import KeyRecord
 
 T = TypeVar("T")
 
@@ -92,8 +93,12 @@ class Store(Protocol):
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...
 
-    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
-        """The most recent jobs first (by created_at, then id), optionally only those in `status`."""
+    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None, owner: str | None = None,
+                        after: str | None = None) -> list[JobRecord]:
+        """The most recent jobs first (by created_at, then id), optionally only those in `status`, only
+        `owner`'s (None: everyone's), and only those after the job `after` in that order (keyset
+        pagination: the id of the last job of the previous page; an id unknown, or not `owner`'s, gives
+        an empty page)."""
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         """Results ordered by custom_id, those after `after` (keyset pagination)."""
@@ -137,6 +142,19 @@ class Store(Protocol):
         """Copy the file's lines into the job's items at the same idx (the job must exist:
         `accept`); `jobs.staged` counts them. Idempotent: a second copy adds nothing. Returns the
         rows added."""
+
+    async def create_key(self, rec: KeyRecord) -> None:
+        """Keep an owner's API key (its digest; the key itself is never stored). A repeated id or digest
+        is a StoreError."""
+
+    async def find_key(self, digest: str) -> KeyRecord | None:
+        """The key with this SHA-256 digest, revoked or not (None: no such key)."""
+
+    async def list_keys(self, *, owner: str | None = None) -> list[KeyRecord]:
+        """Every key (or `owner`'s), oldest first, revoked ones too."""
+
+    async def revoke_key(self, key_id: str) -> bool:
+        """Mark the key revoked (a second revoke keeps the first time). False: no such key."""
 
     async def close(self) -> None: ...
 
@@ -270,6 +288,14 @@ def file_row(rec: FileRecord) -> dict[str, Any]:
 
 def row_file(row: dict[str, Any]) -> FileRecord:
     return FileRecord.model_validate({k: v for k, v in dict(row).items() if k in FileRecord.model_fields})
+
+
+#: the columns of api_keys a store writes (created_at is the database's; revoked_at: `revoke_key`)
+KEY_COLUMNS = ("id", "owner", "digest", "hint", "label")
+
+
+def key_row(rec: KeyRecord) -> dict[str, Any]:
+    return {c: getattr(rec, c) for c in KEY_COLUMNS}
 
 
 async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:

@@ -16,14 +16,17 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.files import FileRecord
 from shared.contracts.models import Item, Job, JobRecord, JobStatus, Rejection, Result, ResultStatus, Summary
+from shared.contracts.owners import KeyRecord
 from shared.contracts.settings import DEFAULTS
 from shared.stores.base import (
     FILE_COLUMNS,
+    KEY_COLUMNS,
     OPEN_STATUSES,
     check_start,
     doc_rows,
     file_row,
     in_write_order,
+    key_row,
     off_loop,
     result_row,
     row_file,
@@ -49,9 +52,10 @@ on conflict (job_id, custom_id) do update set
 """
 
 _BEGIN = """
-insert into jobs (id, status, model, total, metadata, started_at) values (%s, 'running', %s, %s, %s, now())
+insert into jobs (id, status, model, total, metadata, owner, started_at) values (%s, 'running', %s, %s, %s, %s, now())
 on conflict (id) do update set status = 'running', total = excluded.total,
   model = coalesce(excluded.model, jobs.model), metadata = excluded.metadata,
+  owner = coalesce(jobs.owner, excluded.owner),
   finished_at = null, error = null, started_at = coalesce(jobs.started_at, now())
 """
 
@@ -135,14 +139,16 @@ class PostgresStore:
 
     async def accept(self, job: Job, *, total: int | None = None) -> bool:
         async with self._cursor() as cur:
-            await cur.execute("insert into jobs (id, status, model, total, metadata) values (%s, 'queued', %s, %s, %s) "
-                              "on conflict (id) do nothing returning id",
-                              (job.id, job.model, job.total if total is None else total, Jsonb(job.metadata)))
+            await cur.execute("insert into jobs (id, status, model, total, metadata, owner) "
+                              "values (%s, 'queued', %s, %s, %s, %s) on conflict (id) do nothing returning id",
+                              (job.id, job.model, job.total if total is None else total, Jsonb(job.metadata),
+                               job.owner))
             return await cur.fetchone() is not None
 
     async def begin(self, job: Job, *, total: int | None = None) -> None:
         async with self._cursor() as cur:
-            await cur.execute(_BEGIN, (job.id, job.model, job.total if total is None else total, Jsonb(job.metadata)))
+            await cur.execute(_BEGIN, (job.id, job.model, job.total if total is None else total, Jsonb(job.metadata),
+                                       job.owner))
 
     async def done_ids(self, job_id: str, custom_ids: Sequence[str] | None = None) -> dict[str, ResultStatus]:
         async with self._cursor() as cur:
@@ -184,11 +190,16 @@ class PostgresStore:
             row = await cur.fetchone()
         return row_job(row) if row else None
 
-    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
+    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None, owner: str | None = None,
+                        after: str | None = None) -> list[JobRecord]:
+        st = status and status.value
         async with self._cursor() as cur:
-            await cur.execute("select * from jobs where (%s::text is null or status = %s) "
-                              "order by created_at desc, id desc limit %s",
-                              (status and status.value, status and status.value, limit))
+            await cur.execute("select * from jobs where (%(st)s::text is null or status::text = %(st)s) "
+                              "and (%(owner)s::text is null or owner = %(owner)s) "
+                              "and (%(after)s::text is null or (created_at, id) < (select created_at, id from jobs "
+                              "     where id = %(after)s and (%(owner)s::text is null or owner = %(owner)s))) "
+                              "order by created_at desc, id desc limit %(limit)s",
+                              {"st": st, "owner": owner, "after": after, "limit": limit})
             return [row_job(r) for r in await cur.fetchall()]
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
@@ -262,6 +273,30 @@ class PostgresStore:
 
     async def stage_file_lines(self, file_id: str, start_idx: int, rows: Sequence[Item | Rejection]) -> int:
         return await self._stage("file_items", file_id, start_idx, rows)
+
+    async def create_key(self, rec: KeyRecord) -> None:
+        row = key_row(rec)
+        async with self._cursor() as cur:
+            await cur.execute(f"insert into api_keys ({', '.join(KEY_COLUMNS)}) values "
+                              f"({', '.join(['%s'] * len(KEY_COLUMNS))})", tuple(row[c] for c in KEY_COLUMNS))
+
+    async def find_key(self, digest: str) -> KeyRecord | None:
+        async with self._cursor() as cur:
+            await cur.execute("select * from api_keys where digest = %s", (digest,))
+            row = await cur.fetchone()
+        return KeyRecord.model_validate(row) if row else None
+
+    async def list_keys(self, *, owner: str | None = None) -> list[KeyRecord]:
+        async with self._cursor() as cur:
+            await cur.execute("select * from api_keys where (%(o)s::text is null or owner = %(o)s) "
+                              "order by created_at, id", {"o": owner})
+            return [KeyRecord.model_validate(r) for r in await cur.fetchall()]
+
+    async def revoke_key(self, key_id: str) -> bool:
+        async with self._cursor() as cur:
+            await cur.execute("update api_keys set revoked_at = coalesce(revoked_at, now()) where id = %s "
+                              "returning id", (key_id,))
+            return await cur.fetchone() is not None
 
     async def read_file_lines(self, file_id: str, *, start_idx: int = 0, end_idx: int | None = None,
                               limit: int = 1000) -> list[Item | Rejection]:

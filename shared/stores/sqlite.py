@@ -14,9 +14,11 @@ import aiosqlite
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.files import FileRecord
 from shared.contracts.models import Item, Job, JobRecord, JobStatus, Rejection, Result, ResultStatus, Summary
+from shared.contracts.owners import KeyRecord
 from shared.contracts.settings import DEFAULTS
 from shared.stores.base import (
     FILE_COLUMNS,
+    KEY_COLUMNS,
     OPEN_STATUSES,
     RESULT_COLUMNS,
     check_start,
@@ -24,6 +26,7 @@ from shared.stores.base import (
     file_row,
     id_batches,
     in_write_order,
+    key_row,
     off_loop,
     result_row,
     row_file,
@@ -70,6 +73,12 @@ create table if not exists file_items (
   primary key (file_id, idx)
 );
 create unique index if not exists file_items_file_custom_id_idx on file_items (file_id, custom_id);
+create index if not exists jobs_owner_created_id_idx on jobs (owner, created_at desc, id desc);
+create index if not exists jobs_created_id_idx on jobs (created_at desc, id desc);
+create table if not exists api_keys (
+  id text primary key, owner text not null, digest text not null unique, hint text not null default '',
+  label text, created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')), revoked_at text
+);
 """
 
 #: the result counters' triggers (schema version 2: they count tokens too). A result row written
@@ -208,19 +217,21 @@ class SQLiteStore:
             pass
 
     async def accept(self, job: Job, *, total: int | None = None) -> bool:
-        rows = await self._run("insert into jobs (id, status, model, total, metadata) values (?, 'queued', ?, ?, ?) "
-                               "on conflict (id) do nothing returning id",
-                               (job.id, job.model, job.total if total is None else total, _dump(job.metadata)),
-                               fetch=True)
+        rows = await self._run("insert into jobs (id, status, model, total, metadata, owner) "
+                               "values (?, 'queued', ?, ?, ?, ?) on conflict (id) do nothing returning id",
+                               (job.id, job.model, job.total if total is None else total, _dump(job.metadata),
+                                job.owner), fetch=True)
         return bool(rows)
 
     async def begin(self, job: Job, *, total: int | None = None) -> None:
         await self._run(
-            "insert into jobs (id, status, model, total, metadata, started_at) values (?, 'running', ?, ?, ?, "
-            f"{_NOW}) on conflict (id) do update set status = 'running', total = excluded.total, "
+            "insert into jobs (id, status, model, total, metadata, owner, started_at) "
+            f"values (?, 'running', ?, ?, ?, ?, {_NOW}) on conflict (id) do update set status = 'running', "
+            "total = excluded.total, "
             "model = coalesce(excluded.model, jobs.model), metadata = excluded.metadata, finished_at = null, "
+            "owner = coalesce(jobs.owner, excluded.owner), "
             f"error = null, started_at = coalesce(jobs.started_at, {_NOW}), updated_at = {_NOW}",
-            (job.id, job.model, job.total if total is None else total, _dump(job.metadata)))
+            (job.id, job.model, job.total if total is None else total, _dump(job.metadata), job.owner))
 
     async def done_ids(self, job_id: str, custom_ids: Sequence[str] | None = None) -> dict[str, ResultStatus]:
         if custom_ids is None:
@@ -256,9 +267,14 @@ class SQLiteStore:
         rows = await self._run("select * from jobs where id = ?", (job_id,), fetch=True)
         return row_job(dict(rows[0])) if rows else None
 
-    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
-        where, args = ("where status = ? ", (status.value, limit)) if status else ("", (limit,))
-        rows = await self._run(f"select * from jobs {where}order by created_at desc, id desc limit ?", args, fetch=True)
+    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None, owner: str | None = None,
+                        after: str | None = None) -> list[JobRecord]:
+        rows = await self._run(
+            "select * from jobs where (:st is null or status = :st) and (:owner is null or owner = :owner) "
+            "and (:after is null or (created_at, id) < (select created_at, id from jobs "
+            "     where id = :after and (:owner is null or owner = :owner))) "
+            "order by created_at desc, id desc limit :limit",
+            {"st": status and status.value, "owner": owner, "after": after, "limit": limit}, fetch=True)
         return [row_job(dict(r)) for r in rows]
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
@@ -310,6 +326,25 @@ class SQLiteStore:
 
     async def stage_file_lines(self, file_id: str, start_idx: int, rows: Sequence[Item | Rejection]) -> int:
         return await self._stage("file_items", "file_id", file_id, start_idx, rows)
+
+    async def create_key(self, rec: KeyRecord) -> None:
+        row = key_row(rec)
+        await self._run(f"insert into api_keys ({', '.join(KEY_COLUMNS)}) values ({', '.join('?' * len(KEY_COLUMNS))})",
+                        tuple(row[c] for c in KEY_COLUMNS))
+
+    async def find_key(self, digest: str) -> KeyRecord | None:
+        rows = await self._run("select * from api_keys where digest = ?", (digest,), fetch=True)
+        return KeyRecord.model_validate(dict(rows[0])) if rows else None
+
+    async def list_keys(self, *, owner: str | None = None) -> list[KeyRecord]:
+        rows = await self._run("select * from api_keys where (:o is null or owner = :o) order by created_at, id",
+                               {"o": owner}, fetch=True)
+        return [KeyRecord.model_validate(dict(r)) for r in rows]
+
+    async def revoke_key(self, key_id: str) -> bool:
+        n = await self._run(f"update api_keys set revoked_at = coalesce(revoked_at, {_NOW}) where id = ?", (key_id,),
+                            count=True)
+        return n > 0
 
     async def read_file_lines(self, file_id: str, *, start_idx: int = 0, end_idx: int | None = None,
                               limit: int = 1000) -> list[Item | Rejection]:

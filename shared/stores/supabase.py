@@ -22,6 +22,7 @@ import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from postgrest.exceptions import APIError
@@ -30,6 +31,7 @@ from postgrest.types import CountMethod, ReturnMethod
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.files import FileRecord
 from shared.contracts.models import Item, Job, JobRecord, JobStatus, Rejection, Result, ResultStatus, Summary
+from shared.contracts.owners import KeyRecord
 from shared.contracts.settings import DEFAULTS
 from shared.stores.base import (
     OPEN_STATUSES,
@@ -38,6 +40,7 @@ from shared.stores.base import (
     file_row,
     id_batches,
     in_write_order,
+    key_row,
     off_loop,
     result_row,
     row_doc,
@@ -132,8 +135,9 @@ class SupabaseStore:
         total = job.total if total is None else total
         async with self._mapped("accept") as db:
             created = await db.table("jobs").upsert(
-                {"id": job.id, "status": "queued", "model": job.model, "total": total, "metadata": job.metadata},
-                on_conflict="id", ignore_duplicates=True, returning=ReturnMethod.representation).execute()
+                {"id": job.id, "status": "queued", "model": job.model, "total": total, "metadata": job.metadata,
+                 "owner": job.owner}, on_conflict="id", ignore_duplicates=True,
+                returning=ReturnMethod.representation).execute()
         return bool(created.data)
 
     async def begin(self, job: Job, *, total: int | None = None) -> None:
@@ -141,7 +145,7 @@ class SupabaseStore:
         async with self._mapped("begin") as db:
             await db.table("jobs").upsert(
                 {"id": job.id, "status": "running", "model": job.model, "total": total,
-                 "metadata": job.metadata, "started_at": _now()},
+                 "metadata": job.metadata, "owner": job.owner, "started_at": _now()},
                 on_conflict="id", ignore_duplicates=True, returning=ReturnMethod.minimal).execute()
             changes = {"status": "running", "total": total, "metadata": job.metadata, "finished_at": None,
                        "error": None}
@@ -203,12 +207,33 @@ class SupabaseStore:
             rows = (await db.table("jobs").select("*").eq("id", job_id).limit(1).execute()).data
         return row_job(rows[0]) if rows else None
 
-    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None) -> list[JobRecord]:
-        async with self._mapped("list_jobs") as db:
-            query = db.table("jobs").select("*")
+    async def list_jobs(self, *, limit: int = 50, status: JobStatus | None = None, owner: str | None = None,
+                        after: str | None = None) -> list[JobRecord]:
+        def query(db: AsyncClient) -> Any:
+            q = db.table("jobs").select("*")
             if status is not None:
-                query = query.eq("status", status.value)
-            rows = (await query.order("created_at", desc=True).order("id", desc=True).limit(limit).execute()).data
+                q = q.eq("status", status.value)
+            return q.eq("owner", owner) if owner is not None else q
+
+        async with self._mapped("list_jobs") as db:
+            if after is None:
+                rows = (await query(db).order("created_at", desc=True).order("id", desc=True).limit(limit)
+                        .execute()).data
+                return [row_job(r) for r in rows]
+            # keyset after (created_at, id) of the job `after`: its ties by id, then older ones (two plain
+            # filters rather than one `or=`: each is an index range)
+            mark = db.table("jobs").select("created_at").eq("id", after)
+            if owner is not None:
+                mark = mark.eq("owner", owner)
+            found = (await mark.limit(1).execute()).data
+            if not found:
+                return []
+            at = found[0]["created_at"]
+            rows = (await query(db).eq("created_at", at).lt("id", after).order("id", desc=True).limit(limit)
+                    .execute()).data
+            if len(rows) < limit:
+                rows += (await query(db).lt("created_at", at).order("created_at", desc=True).order("id", desc=True)
+                         .limit(limit - len(rows)).execute()).data
         return [row_job(r) for r in rows]
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
@@ -286,6 +311,31 @@ class SupabaseStore:
 
     async def stage_file_lines(self, file_id: str, start_idx: int, rows: Sequence[Item | Rejection]) -> int:
         return await self._stage("file_items", "file_id", file_id, start_idx, rows)
+
+    async def create_key(self, rec: KeyRecord) -> None:
+        async with self._mapped("create_key") as db:
+            await db.table("api_keys").insert(key_row(rec), returning=ReturnMethod.minimal).execute()
+
+    async def find_key(self, digest: str) -> KeyRecord | None:
+        async with self._mapped("find_key") as db:
+            rows = (await db.table("api_keys").select("*").eq("digest", digest).limit(1).execute()).data
+        return KeyRecord.model_validate(rows[0]) if rows else None
+
+    async def list_keys(self, *, owner: str | None = None) -> list[KeyRecord]:
+        async with self._mapped("list_keys") as db:
+            q = db.table("api_keys").select("*")
+            if owner is not None:
+                q = q.eq("owner", owner)
+            rows = (await q.order("created_at").order("id").execute()).data
+        return [KeyRecord.model_validate(r) for r in rows]
+
+    async def revoke_key(self, key_id: str) -> bool:
+        async with self._mapped("revoke_key") as db:
+            rows = (await db.table("api_keys").update({"revoked_at": _now()}, returning=ReturnMethod.representation)
+                    .eq("id", key_id).is_("revoked_at", "null").execute()).data
+            if rows:
+                return True
+            return bool((await db.table("api_keys").select("id").eq("id", key_id).limit(1).execute()).data)
 
     async def read_file_lines(self, file_id: str, *, start_idx: int = 0, end_idx: int | None = None,
                               limit: int = 1000) -> list[Item | Rejection]:

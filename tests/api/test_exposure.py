@@ -49,7 +49,7 @@ class BrokenStore(SQLiteStore):
         self.reads += 1
         raise self.error
 
-    async def list_jobs(self, *, limit=50, status=None):
+    async def list_jobs(self, *, limit=50, status=None, owner=None, after=None):
         raise self.error
 
 

@@ -72,7 +72,7 @@ async def test_streams_over_the_cap_get_429_and_slots_come_back(tmp_path):
             other, t3 = await open_stream(client, "capped", OTHER)
             assert other.status_code == 200
 
-            streams, keys = app.state.llm_jobs.streams, app.state.llm_jobs.keys
+            streams, keys = app.state.llm_jobs.streams, app.state.llm_jobs.auth.admin_keys
             key, other_key = keys.identify(KEY), keys.identify(OTHER)  # streams are counted by key id
             assert streams.open(key) == 2 and streams.open(other_key) == 1
 

@@ -39,7 +39,8 @@ from handler.logs import quiet_http_clients
 from shared.contracts.errors import ConfigError, InputError, Issue, LLMJobsError, NotFound, PayloadTooLarge
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings, get_settings
-from shared.server.api.auth import KeyRing, MemoryRateLimit, UpstashRateLimit, rate_limiter
+from shared.server.api.auth import MemoryRateLimit, UpstashRateLimit, rate_limiter
+from shared.server.api.credentials import Authenticator, Principal, Refused
 from shared.server.api.problems import answer
 from shared.server.api.readiness import ReadinessProbe
 from shared.server.api.schemas import JobFromFile, JobIn
@@ -50,9 +51,9 @@ from shared.stores import Store, open_store
 
 
 class State:
-    def __init__(self, settings: Settings, lifecycle: JobLifecycle, keys: KeyRing,
+    def __init__(self, settings: Settings, lifecycle: JobLifecycle, auth: Authenticator,
                  limiter: MemoryRateLimit | UpstashRateLimit | None):
-        self.settings, self.lifecycle, self.keys, self.limiter = settings, lifecycle, keys, limiter
+        self.settings, self.lifecycle, self.auth, self.limiter = settings, lifecycle, auth, limiter
         self.limits = Limits.from_settings(settings)
         self.streams = StreamSlots(settings.sse_max_streams_per_key)
         self.readiness = ReadinessProbe(lifecycle, cache_s=settings.readyz_cache_s, timeout_s=settings.http_timeout_s)
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None,
     quiet_http_clients()  # however this app is run (serve, Modal, a bare uvicorn): no request URLs in the log
     store = store or open_store(settings)
     lifecycle = JobLifecycle(store, dispatcher or make_dispatcher(settings, store), settings)
-    state = State(settings, lifecycle, KeyRing.from_setting(settings.api_keys), rate_limiter(settings))
+    state = State(settings, lifecycle, Authenticator(settings, store), rate_limiter(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,6 +91,7 @@ def openapi_document() -> dict[str, Any]:
 def _routes_only(lifespan: Any = None) -> FastAPI:
     from shared.server.api.openai_routes import batches, files
     from shared.server.api.routes import health, jobs
+    from shared.server.api.web import web
 
     app = FastAPI(title="llm-jobs", version="0.1.0", lifespan=lifespan,
                   description="Batch LLM jobs: submit, follow live, read results, cancel. "
@@ -99,14 +101,16 @@ def _routes_only(lifespan: Any = None) -> FastAPI:
     app.include_router(jobs)
     app.include_router(files)  # OpenAI's Files and Batches API (shared/server/api/openai_routes.py)
     app.include_router(batches)
+    app.include_router(web)  # the web page at / (shared/server/api/web.py)
     app.openapi = lambda: _openapi(app)
     return app
 
 
 def create_public_app(settings: Settings, *, dispatcher: Dispatcher | None = None) -> FastAPI:
     """`create_app` for a public deployment (Modal's web function): it refuses to run open."""
-    if not settings.api_keys:
-        raise ConfigError("set API_KEYS (in the llm-jobs-config secret): the API on Modal is public")
+    if not settings.credentials_required:
+        raise ConfigError("set API_KEYS (or SUPABASE_JWT_SECRET / SUPABASE_JWKS_URL) in the llm-jobs-config secret: "
+                          "the API on Modal is public")
     return create_app(settings, dispatcher=dispatcher)
 
 
@@ -150,18 +154,15 @@ def state_of(request: Request) -> State:
     return request.app.state.llm_jobs
 
 
-async def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+async def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
     state = state_of(request)
-    who = "anonymous"
-    if state.keys.enabled:
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise HTTPException(401, "send Authorization: Bearer <API key>", headers={"WWW-Authenticate": "Bearer"})
-        key_id = state.keys.identify(authorization[7:].strip())
-        if key_id is None:
-            raise HTTPException(403, "this API key is not valid")
-        who = key_id
+    try:
+        who = await state.auth.principal(authorization)
+    except Refused as e:
+        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"' if e.status == 401 else "Bearer"}
+        raise HTTPException(e.status, e.message, headers=headers) from None
     if state.limiter is not None:
-        verdict = await state.limiter.check(who)
+        verdict = await state.limiter.check(who.who)
         if not verdict.allowed:
             raise HTTPException(429, f"over {verdict.limit} requests a minute",
                                 headers={"Retry-After": str(math.ceil(verdict.reset_s))})
@@ -169,20 +170,16 @@ async def _caller(request: Request, authorization: Annotated[str | None, Header(
 
 
 async def _may_see_details(request: Request) -> bool:
-    """For /readyz: a key is welcome, never demanded (a probe gets yes or no). True for a valid key, and on a
-    server with no API_KEYS: `llm-jobs serve` refuses a public interface without keys, so such a server is
-    local-only by design. Public deployments (Modal) must set keys (`create_public_app`)."""
-    keys = state_of(request).keys
-    if not keys.enabled:
-        return True
-    authorization = request.headers.get("authorization")  # read here, not a declared parameter: never a 422
-    if not authorization or not authorization.lower().startswith("bearer "):
-        return False
-    return keys.identify(authorization[7:].strip()) is not None
+    """For /readyz: a token is welcome, never demanded (a probe gets yes or no). True for an admin key, and
+    on a server with no credentials configured: `llm-jobs serve` refuses a public interface without them,
+    so such a server is local-only by design. Public deployments (Modal) must set keys
+    (`create_public_app`). Owners (their keys, Supabase users) see only yes or no."""
+    # read here, not a declared parameter: never a 422
+    return await state_of(request).auth.may_see_details(request.headers.get("authorization"))
 
 
-#: the caller's key id, once authenticated and under the rate limit
-Caller = Annotated[str, Depends(_caller)]
+#: who calls (an owner, or an admin), once authenticated and under the rate limit
+Caller = Annotated[Principal, Depends(_caller)]
 #: whether the caller may see /readyz's details (no 401/403, no rate limit)
 MaySeeDetails = Annotated[bool, Depends(_may_see_details)]
 #: the app's State (settings, lifecycle, limits)

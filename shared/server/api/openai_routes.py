@@ -69,10 +69,12 @@ from shared.contracts.openai_files import (
     unix,
 )
 from shared.server.api.app import AppState, Caller, State
+from shared.server.api.credentials import Principal
 from shared.server.api.intake import intake_of
 from shared.server.api.problems import answer
 from shared.server.api.routes import read_body
 from shared.server.api.schemas import BatchIn, OpenAIError
+from shared.server.api.tenancy import claim, file_of, job_of
 from shared.server.api.uploads import UploadRefused, receive_file
 from shared.stores.base import item_json, retrying
 
@@ -164,7 +166,7 @@ async def create_file(request: Request, state: AppState, who: Caller) -> FileObj
     custom_id refuses the file."""
     intake = intake_of(request.app.state, state.settings, state.limits)
     record = await receive_file(request, store=state.lifecycle.store, settings=state.settings, limits=state.limits,
-                                slots=intake._slots, owner=who)
+                                slots=intake._slots, owner=who.owner)
     return file_object(record)
 
 
@@ -173,11 +175,8 @@ async def retrieve_file(file_id: str, state: AppState, who: Caller) -> FileObjec
     derived = parse_result_file_id(file_id)
     if derived is not None:
         kind, job_id = derived
-        return result_file_object(await _job_of_file(state, file_id, job_id), kind)
-    record = await state.lifecycle.store.get_file(file_id)
-    if record is None:
-        raise NotFound(f"no file {file_id!r}")
-    return file_object(record)
+        return result_file_object(_seen(await _job_of_file(state, who, file_id, job_id), who), kind)
+    return file_object(file_of(await state.lifecycle.store.get_file(file_id), who, file_id))
 
 
 _JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}
@@ -191,22 +190,21 @@ async def file_content(file_id: str, state: AppState, who: Caller) -> JsonlStrea
     derived = parse_result_file_id(file_id)
     if derived is not None:
         kind, job_id = derived
-        job = await _job_of_file(state, file_id, job_id)
-        return JsonlStream(_result_lines(state, job, kind))
-    record = await state.lifecycle.store.get_file(file_id)
-    if record is None:
-        raise NotFound(f"no file {file_id!r}")
+        job = await _job_of_file(state, who, file_id, job_id)
+        return JsonlStream(_result_lines(state, job, kind, who.public(job.id)))
+    file_of(await state.lifecycle.store.get_file(file_id), who, file_id)
     return JsonlStream(_uploaded_lines(state, file_id))
 
 
-async def _job_of_file(state: State, file_id: str, job_id: str) -> JobRecord:
-    job = await state.lifecycle.store.get_job(job_id)
-    if job is None:
-        raise NotFound(f"no file {file_id!r}")
-    return job
+async def _job_of_file(state: State, who: Principal, file_id: str, job_id: str) -> JobRecord:
+    """The job behind a batch's output or error file (`job_id`: the id `who` knows it by)."""
+    try:
+        return await job_of(state.lifecycle, who, job_id)
+    except NotFound:
+        raise NotFound(f"no file {file_id!r}") from None
 
 
-async def _result_lines(state: State, job: JobRecord, kind: ResultFile) -> AsyncIterator[bytes]:
+async def _result_lines(state: State, job: JobRecord, kind: ResultFile, seen_id: str) -> AsyncIterator[bytes]:
     """The job's `ok` (output) or error results as OpenAI Batch output lines, a store page at a time."""
     store, page_size, retry_s = state.lifecycle.store, state.settings.read_page_items, state.settings.store_retry_s
     model = (batch_of(job) or {}).get("model") or job.model or "unknown"
@@ -216,7 +214,7 @@ async def _result_lines(state: State, job: JobRecord, kind: ResultFile) -> Async
     while True:
         page = await retrying(lambda after=after: store.results(job.id, after=after, limit=page_size),
                               within_s=retry_s)
-        text = "".join(json.dumps(to_openai(r, job_id=job.id, model=model, created=created), ensure_ascii=False)
+        text = "".join(json.dumps(to_openai(r, job_id=seen_id, model=model, created=created), ensure_ascii=False)
                        + "\n" for r in page if r.status == want)
         if text:
             yield text.encode()
@@ -253,63 +251,72 @@ async def create_batch(request: Request, state: AppState, who: Caller) -> BatchO
     problem = metadata_problem(body.metadata)
     if problem is not None:
         raise InputError([Issue(problem, field="metadata")])
-    store = state.lifecycle.store
-    file = await store.get_file(body.input_file_id)
-    if file is None:
-        raise NotFound(f"no file {body.input_file_id!r}")
+    file_of(await state.lifecycle.store.get_file(body.input_file_id), who, body.input_file_id)
     options = JobOptions(id=_batch_id(request, who), result_format="openai", metadata=batch_fields(
         input_file_id=body.input_file_id, endpoint=body.endpoint, completion_window=body.completion_window,
         metadata=body.metadata, model=await _model_of(state, body.input_file_id)))
-    accepted = await state.lifecycle.submit_file(options, body.input_file_id)
-    return await _batch(request, state, accepted.job.id)
+    accepted = await state.lifecycle.submit_file(claim(options, who), body.input_file_id)
+    return await _batch(request, state, who, who.public(accepted.job.id))
 
 
 @batches.get("", response_model=BatchList, responses=_errors())
 async def list_batches(request: Request, state: AppState, who: Caller,
                        after: Annotated[str | None, Query(description="the last id of the previous page")] = None,
                        limit: Annotated[int, Query(ge=1, le=100)] = 20) -> BatchList:
-    found, has_more = await _newest_batches(state, after=after, limit=limit)
-    data = [_view(request, job) for job in found]
+    found, has_more = await _newest_batches(state, who, after=after, limit=limit)
+    data = [_view(request, job, who) for job in found]
     return BatchList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                      has_more=has_more)
 
 
 @batches.get("/{batch_id}", response_model=BatchObject, responses=_errors(404))
 async def retrieve_batch(batch_id: str, request: Request, state: AppState, who: Caller) -> BatchObject:
-    return await _batch(request, state, batch_id)
+    return await _batch(request, state, who, batch_id)
 
 
 @batches.post("/{batch_id}/cancel", response_model=BatchObject, responses=_errors(404))
 async def cancel_batch(batch_id: str, request: Request, state: AppState, who: Caller) -> BatchObject:
     """Stop the batch: `cancelling` while it winds down, `cancelled` once it has ended. Stored results stay."""
-    await _batch(request, state, batch_id)
-    done = await state.lifecycle.cancel(batch_id)
+    job = await _batch_job(state, who, batch_id)
+    done = await state.lifecycle.cancel(job.id)
     if not done.record.status.terminal or done.record.status.value == "cancelled":
         cancelling = _cancelling(request)
-        cancelling.setdefault(batch_id, int(time.time()))
+        cancelling.setdefault(job.id, int(time.time()))
         while len(cancelling) > CANCELLING_MAX:
             cancelling.pop(next(iter(cancelling)))
-    return _view(request, done.record)
+    return _view(request, done.record, who)
 
 
-async def _batch(request: Request, state: State, batch_id: str) -> BatchObject:
-    job = await state.lifecycle.store.get_job(batch_id)
+async def _batch_job(state: State, who: Principal, batch_id: str) -> JobRecord:
+    try:
+        job = await job_of(state.lifecycle, who, batch_id)
+    except NotFound:
+        job = None
     if job is None or batch_of(job) is None:
         raise NotFound(f"no batch {batch_id!r}")
-    return _view(request, job)
+    return job
 
 
-def _batch_id(request: Request, who: str) -> str:
+async def _batch(request: Request, state: State, who: Principal, batch_id: str) -> BatchObject:
+    return _view(request, await _batch_job(state, who, batch_id), who)
+
+
+def _seen(job: JobRecord, who: Principal) -> JobRecord:
+    """The record with the id `who` knows it by (a batch's id, and its files' ids, derive from it)."""
+    return job if who.owner is None else job.model_copy(update={"id": who.public(job.id)})
+
+
+def _batch_id(request: Request, who: Principal) -> str:
     """A new batch id; the same one for the same Idempotency-Key header from the same API key (the openai
     client sends one when asked: `extra_headers`), so a create sent again starts nothing new."""
     key = request.headers.get("idempotency-key")
     if not key:
         return new_batch_id()
-    return "batch_" + hashlib.sha256(f"{who}\0{key}".encode()).hexdigest()[:24]
+    return "batch_" + hashlib.sha256(f"{who.owner or who.who}\0{key}".encode()).hexdigest()[:24]
 
 
-def _view(request: Request, job: JobRecord) -> BatchObject:
-    return batch_object(job, cancelling_at=_cancelling(request).get(job.id))
+def _view(request: Request, job: JobRecord, who: Principal) -> BatchObject:
+    return batch_object(_seen(job, who), cancelling_at=_cancelling(request).get(job.id))
 
 
 def _cancelling(request: Request) -> dict[str, int]:
@@ -321,14 +328,15 @@ def _cancelling(request: Request) -> dict[str, int]:
     return found
 
 
-async def _newest_batches(state: State, *, after: str | None, limit: int) -> tuple[list[JobRecord], bool]:
-    """Up to `limit` batch jobs older than `after` (newest first), and whether there are more."""
+async def _newest_batches(state: State, who: Principal, *, after: str | None,
+                          limit: int) -> tuple[list[JobRecord], bool]:
+    """Up to `limit` of `who`'s batch jobs older than `after` (newest first), and whether there are more."""
     scan = 100
     while True:
-        jobs = await state.lifecycle.list(limit=scan)
+        jobs = await state.lifecycle.list(limit=scan, owner=who.owner)
         found = [j for j in jobs if batch_of(j) is not None]
         if after is not None:
-            at = next((k for k, j in enumerate(found) if j.id == after), None)
+            at = next((k for k, j in enumerate(found) if who.public(j.id) == after), None)
             found = found[at + 1:] if at is not None else []
             known = at is not None
         else:

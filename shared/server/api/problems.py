@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from shared.contracts.errors import ConfigError, QueueError, QueueUnavailable, StoreError, StoreUnavailable
 from shared.queue.runpod import RunpodError
 from shared.server.api.auth import RateLimiterUnavailable
+from shared.server.api.tokens import TokenKeysUnavailable
 
 log = logging.getLogger("shared.server.api")
 
@@ -47,6 +48,8 @@ PROBLEMS: list[tuple[type[BaseException], Problem]] = [
     (QueueUnavailable, Problem(503, "the job queue did not answer; try again shortly", retry=True)),
     (QueueError, Problem(503, "the job queue could not serve this request")),
     (RunpodError, Problem(502, "RunPod could not serve this request")),
+    (TokenKeysUnavailable, Problem(503, "the keys that check access tokens could not be fetched; try again shortly",
+                                   retry=True)),
     (ConfigError, Problem(500, "the server is not configured to serve this request")),
 ]
 UNEXPECTED = Problem(500, "the server could not serve this request")

@@ -8,9 +8,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
+from shared.contracts.errors import InputError
 from shared.contracts.models import ID_PATTERN, Job, JobRecord, JobStatus
 from shared.contracts.openai_batch import to_openai
 from shared.server.api.app import AppState, Caller, MaySeeDetails, State
+from shared.server.api.credentials import Principal
 from shared.server.api.gc_pause import full_collections_deferred
 from shared.server.api.intake import FileJob, intake_of
 from shared.server.api.problems import RETRY_AFTER_S
@@ -25,6 +27,7 @@ from shared.server.api.schemas import (
     ResultsPage,
 )
 from shared.server.api.streams import SlottedEventSource
+from shared.server.api.tenancy import as_seen, claim, job_of
 from shared.server.lifecycle import Accepted
 
 ERRORS = {401: {"model": Problem, "description": "no API key"}, 403: {"model": Problem, "description": "wrong key"},
@@ -70,23 +73,32 @@ async def submit(request: Request, state: AppState, who: Caller,
     with full_collections_deferred():  # a big job's objects would make each full GC stall every request
         job = await _parse(raw, request, state, job_id=id, strict=strict)
         if isinstance(job, FileJob):  # its items are an uploaded file's lines, staged already
-            accepted = await state.lifecycle.submit_file(job.options, job.file_id)
+            accepted = await state.lifecycle.submit_file(claim(job.options, who), job.file_id)
         else:
-            accepted = await state.lifecycle.submit(job)
+            accepted = await state.lifecycle.submit(claim(job, who))
         del job
-    return JSONResponse(_accepted(accepted, state).model_dump(), status_code=202 if accepted.dispatched else 200)
+    return JSONResponse(_accepted(accepted, state, who).model_dump(), status_code=202 if accepted.dispatched else 200)
 
 
 @jobs.get("", response_model=JobList, responses=ERRORS)
 async def list_jobs(state: AppState, who: Caller,
                     status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
-                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> JobList:
-    return JobList(data=[_view(r) for r in await state.lifecycle.list(limit=limit, status=status)])
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                    after: Annotated[str | None, Query(description="the id of the last job of the previous page "
+                                                       "(its `next_after`)")] = None) -> JobList:
+    """The caller's jobs (an admin key: everyone's), newest first, a page at a time."""
+    try:
+        stored_after = who.stored(after) if after is not None else None
+    except InputError:
+        return JobList(data=[], next_after=None)
+    page = await state.lifecycle.list(limit=limit, status=status, owner=who.owner, after=stored_after)
+    return JobList(data=[_view(r, who) for r in page],
+                   next_after=who.public(page[-1].id) if len(page) == limit else None)
 
 
 @jobs.get("/{job_id}", response_model=JobView, responses=NOT_FOUND)
 async def get_job(job_id: str, state: AppState, who: Caller) -> JobView:
-    return _view(await state.lifecycle.get(job_id))
+    return _view(await job_of(state.lifecycle, who, job_id), who)
 
 
 @jobs.get("/{job_id}/results", response_model=ResultsPage, responses=NOT_FOUND)
@@ -94,9 +106,10 @@ async def results(job_id: str, state: AppState, who: Caller,
                   after: Annotated[str | None, Query(description="the last custom_id of the previous page")] = None,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                   format: Annotated[Literal["ours", "openai"], Query()] = "ours") -> ResultsPage:
-    page, next_after = await state.lifecycle.results(job_id, after=after, limit=limit)
+    record = await job_of(state.lifecycle, who, job_id)
+    page, next_after = await state.lifecycle.results(record.id, after=after, limit=limit)
     if format == "openai":
-        model = (await state.lifecycle.get(job_id)).model or "unknown"
+        model = record.model or "unknown"
         data = [to_openai(r, job_id=job_id, model=model) for r in page]
     else:
         data = [r.model_dump(mode="json") for r in page]
@@ -113,14 +126,14 @@ async def events(job_id: str, request: Request, state: AppState, who: Caller,
                  last_event_id: Annotated[str | None, Header()] = None,
                  after: Annotated[str | None, Query(description="same as Last-Event-ID, for clients that "
                                                     "cannot set headers")] = None) -> SlottedEventSource:
-    await state.lifecycle.get(job_id)
-    slot = state.streams.take(who)  # given back when the response is over, however it ends (streams.py)
+    record = await job_of(state.lifecycle, who, job_id)
+    slot = state.streams.take(who.who)  # given back when the response is over, however it ends (streams.py)
     if slot is None:
         raise HTTPException(429, f"this API key holds {state.streams.per_key} open event streams already (the "
                                  "most one key may hold); close one and try again",
                             headers={"Retry-After": str(RETRY_AFTER_S)})
     try:
-        return SlottedEventSource(_stream(state, job_id, last_event_id or after, request), slot=slot,
+        return SlottedEventSource(_stream(state, record.id, who, last_event_id or after, request), slot=slot,
                                   ping=state.settings.sse_ping_s, send_timeout=state.settings.http_timeout_s)
     except BaseException:
         slot.release()
@@ -129,16 +142,17 @@ async def events(job_id: str, request: Request, state: AppState, who: Caller,
 
 @jobs.post("/{job_id}/cancel", response_model=Cancelled, responses=NOT_FOUND)
 async def cancel(job_id: str, state: AppState, who: Caller) -> Cancelled:
-    done = await state.lifecycle.cancel(job_id)
+    done = await state.lifecycle.cancel((await job_of(state.lifecycle, who, job_id)).id)
     return Cancelled(id=job_id, stopped_before_start=done.stopped_before_start, status=done.record.status)
 
 
 # ## Helpers
 
 
-async def _stream(state: State, job_id: str, last_id: str | None, request: Request) -> AsyncIterator[dict[str, Any]]:
+async def _stream(state: State, job_id: str, who: Principal, last_id: str | None,
+                  request: Request) -> AsyncIterator[dict[str, Any]]:
     async for ev in state.lifecycle.follow(job_id, last_id, stop=request.is_disconnected):
-        yield {"id": ev.id, "event": ev.event.type, "data": ev.event.model_dump_json()}
+        yield {"id": ev.id, "event": ev.event.type, "data": as_seen(ev.event, who).model_dump_json()}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -163,15 +177,16 @@ async def _parse(raw: bytes, request: Request, state: State, *, job_id: str | No
                               strict=strict)
 
 
-def _accepted(accepted: Accepted, state: State) -> JobAccepted:
-    job = accepted.job
-    base = f"/v1/jobs/{job.id}"
-    return JobAccepted(id=job.id, status=accepted.status, total=accepted.total, created=accepted.created,
-                       estimated_time_s=state.lifecycle.estimate_s(accepted.total), status_url=base,
-                       events_url=f"{base}/events", results_url=f"{base}/results")
+def _accepted(accepted: Accepted, state: State, who: Principal) -> JobAccepted:
+    job_id = who.public(accepted.job.id)
+    base = f"/v1/jobs/{job_id}"  # ID_PATTERN's characters need no escaping in a path
+    return JobAccepted(id=job_id, store_id=accepted.job.id, status=accepted.status, total=accepted.total,
+                       created=accepted.created, estimated_time_s=state.lifecycle.estimate_s(accepted.total),
+                       status_url=base, events_url=f"{base}/events", results_url=f"{base}/results")
 
 
-def _view(r: JobRecord) -> JobView:
-    return JobView(id=r.id, status=r.status, model=r.model, total=r.total, completed=r.completed, failed=r.failed,
-                   percentage=r.percentage, created_at=r.created_at, started_at=r.started_at,
-                   finished_at=r.finished_at, error=r.error, summary=r.summary, metadata=r.metadata)
+def _view(r: JobRecord, who: Principal) -> JobView:
+    return JobView(id=who.public(r.id), store_id=r.id, owner=r.owner, status=r.status, model=r.model, total=r.total,
+                   completed=r.completed, failed=r.failed, percentage=r.percentage, created_at=r.created_at,
+                   started_at=r.started_at, finished_at=r.finished_at, error=r.error, summary=r.summary,
+                   metadata=r.metadata)

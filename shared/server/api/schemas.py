@@ -44,6 +44,8 @@ class JobFromFile(JobOptions):
 
 class JobAccepted(BaseModel):
     id: str
+    #: the id of the job's row in the store (see JobView.store_id)
+    store_id: str
     status: JobStatus
     total: int
     #: False when a job with this id was already known: nothing new was started
@@ -54,13 +56,20 @@ class JobAccepted(BaseModel):
     events_url: str
     results_url: str
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "essays-2026-11", "status": "queued", "total": 2000, "created": True, "estimated_time_s": 400.0,
+        "id": "essays-2026-11", "store_id": "2bd806c97f:essays-2026-11", "status": "queued", "total": 2000,
+        "created": True, "estimated_time_s": 400.0,
         "status_url": "/v1/jobs/essays-2026-11", "events_url": "/v1/jobs/essays-2026-11/events",
         "results_url": "/v1/jobs/essays-2026-11/results"}]})
 
 
 class JobView(BaseModel):
+    #: the id you know the job by (the one you chose, or was chosen for you)
     id: str
+    #: the id of the job's row in the store: what Supabase Realtime filters on (`id=eq.<store_id>`).
+    #: An owner's ids are stored under their prefix (README, "Owners")
+    store_id: str
+    #: who owns it: a Supabase user id or a key's owner; null for an admin's job
+    owner: str | None = None
     status: JobStatus
     model: str | None
     total: int
@@ -74,7 +83,8 @@ class JobView(BaseModel):
     summary: Summary | None
     metadata: dict[str, Any]
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "essays-2026-11", "status": "running", "model": "my-org/grader", "total": 2000, "completed": 840,
+        "id": "essays-2026-11", "store_id": "2bd806c97f:essays-2026-11", "owner": "alice", "status": "running",
+        "model": "my-org/grader", "total": 2000, "completed": 840,
         "failed": 3, "percentage": 42.15, "created_at": "2026-11-22T10:00:00Z", "started_at": "2026-11-22T10:00:04Z",
         "finished_at": None, "error": None, "summary": None, "metadata": {}}]})
 
@@ -82,6 +92,8 @@ class JobView(BaseModel):
 class JobList(BaseModel):
     #: the most recent jobs first
     data: list[JobView]
+    #: pass as `after` for the next page; null on the last page
+    next_after: str | None = None
 
 
 class ResultsPage(BaseModel):
