@@ -58,7 +58,9 @@ class Worker:
     def __init__(self, engine: Engine, queue: JobQueue, store: Store, *, worker_id: str | None = None,
                  concurrency: int = 1, lease_s: float = DEFAULTS.lease_s, drain: bool = False,
                  limits: Limits = Limits(), store_retry_s: float = DEFAULTS.store_retry_s, poll_min_s: float = 0.2,
-                 poll_max_s: float = 5.0, page_items: int = DEFAULTS.read_page_items):
+                 poll_max_s: float = 5.0, page_items: int = DEFAULTS.read_page_items,
+                 chunk_size: int = DEFAULTS.default_chunk_size,
+                 chunk_interval_s: float = DEFAULTS.default_chunk_interval_s):
         self.engine, self.queue, self.store = engine, queue, store
         self.worker_id = worker_id or default_worker_id()
         self.concurrency = concurrency
@@ -68,6 +70,8 @@ class Worker:
         self.store_retry_s = store_retry_s
         self.poll_min_s, self.poll_max_s = poll_min_s, poll_max_s
         self.page_items = page_items
+        #: a job that sets no chunk_size / chunk_interval_s gets these (DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_INTERVAL_S)
+        self.chunk_size, self.chunk_interval_s = chunk_size, chunk_interval_s
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
         self._running: set[StopSignal] = set()
@@ -152,7 +156,8 @@ class Worker:
         invalid = False
         crash: str | None = None
         gen = run_job(job, self.engine, store=self.store, limits=self.limits, store_retry_s=self.store_retry_s,
-                      page_items=self.page_items, stop=stop, on_close=None)
+                      page_items=self.page_items, chunk_size=self.chunk_size,
+                      chunk_interval_s=self.chunk_interval_s, stop=stop, on_close=None)
         try:
             async for event in gen:
                 if isinstance(event, FinalEvent):

@@ -86,7 +86,8 @@ def engine_args(settings: Settings, model: str, served: str, on_cpu: bool) -> di
         "kv_cache_dtype": settings.kv_cache_dtype,
         "trust_remote_code": settings.trust_remote_code,
         # xgrammar honours integer bounds in JSON schemas; outlines ignores them
-        "structured_outputs_config": {"backend": settings.structured_outputs_backend},
+        "structured_outputs_config": {"backend": settings.structured_outputs_backend,
+                                      "disable_any_whitespace": settings.structured_outputs_compact},
         "disable_log_stats": True,
         # its "Loading safetensors checkpoint shards" bar would break the CLI's
         "use_tqdm_on_load": is_verbose(settings),

@@ -62,7 +62,9 @@ async def drain_queue(service: JobService) -> dict[str, Any]:
     queue = JobQueue.from_settings(s)
     try:
         worker = Worker(service.engine, queue, service.store, concurrency=s.jobs_per_worker, lease_s=s.lease_s,
-                        drain=True, limits=service.limits, store_retry_s=s.store_retry_s)
+                        drain=True, limits=service.limits, store_retry_s=s.store_retry_s,
+                        page_items=s.read_page_items, chunk_size=s.default_chunk_size,
+                        chunk_interval_s=s.default_chunk_interval_s)
         stats = await worker.run()
     finally:
         await queue.close()

@@ -180,7 +180,9 @@ async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: f
     store = open_store(settings)
     engine = await VLLMEngine.start(settings)
     w = Worker(engine, q, store, worker_id=worker_id, concurrency=concurrency, lease_s=lease_s, drain=drain,
-               limits=Limits.from_settings(settings), store_retry_s=settings.store_retry_s)
+               limits=Limits.from_settings(settings), store_retry_s=settings.store_retry_s,
+               page_items=settings.read_page_items, chunk_size=settings.default_chunk_size,
+               chunk_interval_s=settings.default_chunk_interval_s)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)

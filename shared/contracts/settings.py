@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     trust_remote_code: bool = False
     #: guided decoding backend; xgrammar honours integer bounds (outlines does not)
     structured_outputs_backend: str = "xgrammar"
+    #: JSON output with no whitespace between its tokens (xgrammar, guidance): a small model otherwise may pad a
+    #: schema's answer with newlines until max_tokens cuts it off, and whitespace costs tokens anyway
+    structured_outputs_compact: bool = True
     #: GiB of RAM for the KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)
     cpu_kvcache_space_gib: int = Field(default=1, ge=1)
     #: CPU cores the engine computes on (VLLM_CPU_OMP_THREADS_BIND); empty binds all cores, "0-N"
