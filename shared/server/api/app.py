@@ -2,18 +2,20 @@
 
     create_app(settings) -> FastAPI      # `llm-jobs serve`, or mounted by modal_app.py
 
-Routes (shared/server/api/routes.py; all under /v1 need `Authorization: Bearer <key>` when
-API_KEYS is set):
+Routes (shared/server/api/routes.py; all under /v1 need `Authorization: Bearer <token>` when
+credentials are configured: an owner's key, a Supabase access token, or an admin key; see
+credentials.py. An owner sees only their own jobs, files and batches: tenancy.py):
     POST /v1/jobs                    a Job (JSON), or items / OpenAI Batch lines (JSONL) -> 202 (200 if known)
-    GET  /v1/jobs                    the most recent jobs (?status=&limit=)
+    GET  /v1/jobs                    your jobs, newest first (?status=&limit=&after=; keyset pages)
     GET  /v1/jobs/{id}               status and progress, from the store
     GET  /v1/jobs/{id}/results       ?after=&limit=&format=ours|openai, paginated by custom_id
     GET  /v1/jobs/{id}/events        Server-Sent Events; Last-Event-ID resumes; ends after `final`
     POST /v1/jobs/{id}/cancel
+    GET  /                           the web page (web.py; static files in shared/server/web/)
     GET  /healthz                    the process is up
     GET  /readyz                     the store and the dispatcher answer: {"ready": bool}; the details
-                                     (queue counts, RunPod's health, which check failed) with a valid key,
-                                     or on a server with no API_KEYS (local-only by design); cached
+                                     (queue counts, RunPod's health, which check failed) with an admin key,
+                                     or on a server with no credentials (local-only by design); cached
                                      READYZ_CACHE_S seconds
 
 Errors of the server (the store, the queue, RunPod, the configuration) reach the client as a generic
