@@ -19,7 +19,7 @@ from rich.table import Table
 from shared.cli.common import EXIT_INVALID_INPUT, EXIT_JOB_FAILED, err
 from shared.contracts.errors import LLMJobsError
 from shared.contracts.models import OWNER_PATTERN
-from shared.contracts.owners import new_key
+from shared.contracts.owners import canonical_owner, new_key
 from shared.contracts.settings import get_settings
 from shared.stores import Store, open_store
 
@@ -54,6 +54,7 @@ def create(
         err.print(f"[bold red]error:[/] --owner {owner[:40]!r}: 1 to 128 characters, letters, digits and . _ @ : + -, "
                   "starting with a letter or digit")
         raise typer.Exit(EXIT_INVALID_INPUT)
+    owner = canonical_owner(owner)
     key, rec = new_key(owner, label)
     _on_store(lambda store: store.create_key(rec))
     err.print(f"made key [bold]{rec.id}[/] for owner [bold]{owner}[/] (shown once; revoke: llm-jobs keys revoke "
@@ -66,7 +67,7 @@ def list_keys(
     owner: Annotated[str | None, typer.Option(help="Only this owner's keys.")] = None,
 ) -> None:
     """Every key (never the key itself: its id, owner, first characters, and whether it was revoked)."""
-    found = _on_store(lambda store: store.list_keys(owner=owner))
+    found = _on_store(lambda store: store.list_keys(owner=owner and canonical_owner(owner)))
     table = Table("id", "owner", "starts with", "label", "created", "revoked")
     for k in found:
         table.add_row(k.id, k.owner, k.hint + "…", k.label or "", f"{k.created_at:%Y-%m-%d %H:%M}" if k.created_at

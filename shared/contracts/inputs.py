@@ -162,8 +162,13 @@ def _parse_rows(
     items: list[Item] = []
     requests: dict[str, Request] = {}
     bad: list[tuple[str, Issue]] = []
-    seen: dict[str, str] = {r.custom_id: f"rejected item {r.index}" for r in earlier}
+    seen: dict[str, str] = {}
     dupes: list[Issue] = []
+    for n, r in enumerate(earlier):
+        if r.custom_id in seen:
+            dupes.append(Issue(f"custom_id '{r.custom_id}' repeats {seen[r.custom_id]}",
+                               field=f"rejected.{n}.custom_id"))
+        seen.setdefault(r.custom_id, f"rejected item {r.index}")
     for index, (line, value) in enumerate(rows):
         if deadline is not None and index % 32 == 0 and time.monotonic() > deadline:
             raise InputError([Issue(f"validation took over {timeout_s:g} s (it had checked {index} of {len(rows)} "

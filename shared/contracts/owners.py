@@ -19,6 +19,7 @@ the key. A lookup hashes what a client sent and asks for that digest.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from datetime import datetime
 
@@ -37,6 +38,15 @@ MAX_OWNER_ID = MAX_ID - PREFIX_LEN
 KEY_PREFIX = "ljk_"
 
 assert ID_PATTERN.endswith("{0,127}$")  # MAX_ID follows it
+
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def canonical_owner(owner: str) -> str:
+    """A uuid in lower case, as Supabase writes a user's id (`sub`, and `auth.uid()::text` in the row-level
+    security policies): a key made for `--owner 6F1C...` then sees that user's jobs. Anything else as it is."""
+    return owner.lower() if _UUID.match(owner) else owner
 
 
 def prefix(owner: str) -> str:

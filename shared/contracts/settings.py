@@ -166,9 +166,9 @@ class Settings(BaseSettings):
     sse_ping_s: float = Field(default=15, gt=0)
     #: seconds between looks for new events while the job runs and events keep coming (latency: about this)
     sse_poll_s: float = Field(default=0.05, gt=0)
-    #: seconds between looks while the job waits to run, or has sent nothing for SSE_IDLE_AFTER_S
+    #: seconds between looks once a stream has gone SSE_IDLE_AFTER_S with nothing new (the job still queued, or quiet)
     sse_idle_poll_s: float = Field(default=1.0, gt=0)
-    #: seconds without an event after which a running job's stream polls at SSE_IDLE_POLL_S
+    #: seconds of nothing new (since the stream opened, the job began, or its last event) before SSE_IDLE_POLL_S
     sse_idle_after_s: float = Field(default=10, ge=0)
     #: event streams one API key may hold open at once (in each API process); more get 429. 0 turns it off
     sse_max_streams_per_key: int = Field(default=16, ge=0)

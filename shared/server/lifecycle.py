@@ -135,7 +135,9 @@ class JobLifecycle:
                stop: Callable[[], Awaitable[bool]] = never) -> AsyncIterator[StreamEvent]:
         """The job's events after `last_id` until its `final` event (see shared/server/events.py)."""
         source = self._dispatcher.events if self._dispatcher is not None else None
-        return follow(source, self.store, job_id, last_id, poll_s=self.settings.sse_poll_s, stop=stop)
+        s = self.settings
+        return follow(source, self.store, job_id, last_id, poll_s=s.sse_poll_s, idle_poll_s=s.sse_idle_poll_s,
+                      idle_after_s=s.sse_idle_after_s, stop=stop)
 
     async def cancel(self, job_id: str) -> Cancelled:
         record = await self.get(job_id)

@@ -149,3 +149,16 @@ async def test_input_errors_about_the_callers_own_input_stay_as_they_are(tmp_pat
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "sampling.temperature"
         r = await client.get("/v1/jobs/no-such-job", headers=AUTH)
         assert r.status_code == 404 and "no-such-job" in r.json()["detail"]
+
+
+async def test_repeated_custom_ids_in_the_sdks_rejections_are_the_callers_error_not_the_stores(tmp_path):
+    # found by tests/api/test_fuzz.py: two rejections with one custom_id reached the store (a 503)
+    app = app_with(tmp_path, api_keys=KEY)
+    gone = {"custom_id": "", "index": 1, "message": "bad"}
+    async with client_for(app) as client:
+        r = await client.post("/v1/jobs", json={"items": [{"custom_id": "a", "prompt": "x"}],
+                                                "rejected": [gone, {**gone, "index": 2}]}, headers=AUTH)
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "rejected.1.custom_id", r.text
+        r = await client.post("/v1/jobs", json={"items": [{"custom_id": "a", "prompt": "x"}],
+                                                "rejected": [{**gone, "custom_id": "a"}]}, headers=AUTH)
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "custom_id", r.text

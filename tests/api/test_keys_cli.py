@@ -50,3 +50,13 @@ def test_bad_owner_and_unknown_key_are_refused_with_exit_2(tmp_path):
     assert bad.returncode == 2 and "--owner" in bad.stderr and not bad.stdout
     unknown = llm_jobs(db, "revoke", "key_00000000")
     assert unknown.returncode == 2 and "no key" in unknown.stderr
+
+
+def test_a_supabase_user_id_is_kept_in_lower_case_as_supabase_writes_it(tmp_path):
+    db = tmp_path / "jobs.db"
+    made = llm_jobs(db, "create", "--owner", "6F1C2A4E-3B5D-4C7E-9F80-1A2B3C4D5E6F")
+    assert made.returncode == 0, made.stderr
+    listed = llm_jobs(db, "list", "--owner", "6F1C2A4E-3B5D-4C7E-9F80-1A2B3C4D5E6F")
+    assert "6f1c2a4e-3b5d-4c7e-9f80-1a2b3c4d5e6f" in listed.stdout and "6F1C" not in listed.stdout
+    named = llm_jobs(db, "create", "--owner", "Team-A")  # a name is kept as it is
+    assert named.returncode == 0 and "Team-A" in llm_jobs(db, "list").stdout

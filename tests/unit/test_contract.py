@@ -115,6 +115,16 @@ def test_duplicate_custom_ids_name_both_lines():
     assert str(e.value.issues[0]) == "line 2, field 'custom_id': custom_id 'x' repeats line 1"
 
 
+def test_duplicate_custom_ids_among_earlier_rejections_are_a_job_error():
+    """The SDK's `rejected` list is input too: two rejections with one custom_id would collide in the
+    store (found by the API fuzz test as a 503), so they are refused up front, naming the entry."""
+    gone = {"index": 0, "message": "bad"}
+    doc = {"items": [{"prompt": "a"}], "rejected": [{**gone, "custom_id": "r"}, {**gone, "custom_id": "r", "index": 4}]}
+    with pytest.raises(InputError) as e:
+        parse_job_text(json.dumps(doc))
+    assert e.value.issues[0].field == "rejected.1.custom_id" and "repeats rejected item 0" in e.value.issues[0].message
+
+
 # ## Form (b): JSONL items with options from the CLI
 
 
