@@ -58,3 +58,59 @@ class LoopServer:
     async def __aexit__(self, *exc: object) -> None:
         self._server.should_exit = True
         await self._task
+
+
+class DroppingProxy:
+    """A TCP proxy on loopback in the running loop, in front of `target_url`, that can drop every open
+    connection at once (a network blip, for a client's reconnect logic). It keeps each request's head
+    (the bytes the client sent first on each connection) to check what the client sent again."""
+
+    def __init__(self, target_url: str):
+        host, port = target_url.removeprefix("http://").split(":")
+        self._target = (host, int(port))
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+        self.heads: list[str] = []
+        self.drops = 0
+        self.url = ""
+
+    async def __aenter__(self) -> DroppingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.drop()
+        await self._server.wait_closed()
+
+    def drop(self) -> None:
+        """Close every open connection, both ways."""
+        self.drops += 1
+        for w in list(self._open):
+            w.transport.abort()
+        self._open.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._open |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, note: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if note:
+                        self.heads.append(data.decode("latin-1"))
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+                self._open.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))

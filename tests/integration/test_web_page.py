@@ -4,7 +4,9 @@ chromium, against the API under uvicorn on loopback with the real store (Postgre
 
 An owner signs in with their API key, submits the grading example from the page, sees result rows
 while the job still runs, cancels a second job and downloads its results; a Supabase user signed in
-with an access token sees none of that owner's jobs. Screenshots of each step go to out/web-page/.
+with an access token sees none of that owner's jobs. Through a proxy that drops every connection
+mid-job, the page's stream resumes with Last-Event-ID and ends with every result, once. Screenshots
+of each step go to out/web-page/.
 
 Playwright's own browser download cannot be reached here: the test launches /usr/bin/chromium
 (`apt-get install chromium`; .ci/run installs it). Where there is none it is skipped, except in CI,
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -29,7 +32,7 @@ from shared.contracts.owners import new_key
 from shared.contracts.prepare import Limits
 from shared.server.api import create_app
 from shared.stores.postgres import PostgresStore
-from testkit.serve import LoopServer
+from testkit.serve import DroppingProxy, LoopServer
 from tests.conftest import make_queue
 from tests.integration.test_api import api_settings
 
@@ -188,3 +191,48 @@ async def test_the_page_submits_streams_cancels_downloads_and_keeps_owners_apart
     await shot(other, "5-other-owner")
     assert await other.locator("#results-table tbody tr[data-custom-id]").count() == 0
     assert errors == [], errors
+
+
+async def test_the_page_resumes_a_dropped_stream_with_no_gap_and_no_repeat(site, browser, engine):
+    url, key, _ = site
+    async with DroppingProxy(url) as proxy:
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await sign_in(page, proxy.url, key)
+        # the stream's states, as the page shows them
+        await page.evaluate("""() => {
+            window.__states = [];
+            const state = document.querySelector('#stream-state');
+            new MutationObserver(() => window.__states.push(state.dataset.state))
+                .observe(state, {attributes: true, childList: true, characterData: true, subtree: true});
+        }""")
+        n = 16
+        items = [json.dumps({"custom_id": f"tale-{i:02d}", "prompt": f"Tell a long tale about the number {i}.",
+                             "sampling": {"max_tokens": 8 + 8 * i}}) for i in range(n)]
+        await page.fill("#items", "\n".join(items) + "\n")
+        await page.fill("#job-id", "tales")
+        await page.fill("#template", "")
+        await page.fill("#schema", "")
+        await page.click("#submit-job")
+        rows = page.locator('#results-table tbody tr[data-custom-id^="tale-"]')
+        await rows.first.wait_for(timeout=300_000)
+        proxy.drop()  # mid-job: the event stream (and any other open connection) is cut
+        await page.locator("#stream-state[data-state=live]").wait_for(timeout=30_000)  # reconnected
+        async with asyncio.timeout(300):
+            while await rows.count() < 6 and await page.text_content("#job-status") != "completed":
+                await asyncio.sleep(0.1)
+        proxy.drop()  # and once more
+        await page.locator("#job-status").filter(has_text="completed").wait_for(timeout=300_000)
+        await shot(page, "6-resumed-after-drops")
+
+        states = await page.evaluate("window.__states")
+        assert "reconnecting" in states, states
+        # it came back with the id of the last event it had read (the API's resume is tested in tests/api)
+        resumed = [re.search(r"\r\nlast-event-id: (\S+)", h, re.I) for h in proxy.heads
+                   if h.startswith("GET /v1/jobs/tales/events")]
+        assert any(m and re.fullmatch(r"\d+-\d+", m[1]) for m in resumed), proxy.heads  # a queue stream's id
+        ids = await rows.evaluate_all("rows => rows.map(r => r.dataset.customId)")
+        assert sorted(ids) == [f"tale-{i:02d}" for i in range(n)]  # every result, one row each
+        assert "16" in (await page.text_content("#job-counts"))
+        assert errors == [], errors
