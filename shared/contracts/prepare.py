@@ -148,14 +148,19 @@ def _validator_for(schema_json: str) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=Registry())
 
 
+def schema_validator(schema: Any, limits: Limits) -> Draft202012Validator:
+    """A validator for a user's JSON schema, under the caps, with no remote $ref; raises SchemaError."""
+    check_schema_size(schema, limits)
+    return _validator_for(json.dumps(schema, sort_keys=True))
+
+
 def _schema_of(fmt: ResponseFormat | None, limits: Limits
                ) -> tuple[dict[str, Any] | None, Draft202012Validator | None]:
     """(schema, validator) for a response_format; raises SchemaError for a bad schema."""
     if fmt is None or fmt.type == "text":
         return None, None
     schema = fmt.json_schema.schema_ if fmt.json_schema else {"type": "object"}
-    check_schema_size(schema, limits)
-    return (schema if fmt.type == "json_schema" else {}), _validator_for(json.dumps(schema, sort_keys=True))
+    return (schema if fmt.type == "json_schema" else {}), schema_validator(schema, limits)
 
 
 def schema_problem(e: SchemaError) -> str:

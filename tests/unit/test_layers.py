@@ -113,6 +113,12 @@ def test_contracts_import_no_other_layer():
     assert violations("shared.contracts", ("shared.stores", "shared.queue", *UPPER, "handler")) == []
 
 
+def test_evals_are_pure_like_the_contracts():
+    # the suite format, the assertions and the metrics: layer 1 (docs/architecture.md, "Evaluation")
+    assert violations("shared.evals", ("shared.stores", "shared.queue", *UPPER, "handler")) == []
+    assert not loaded_by("shared.evals.scoring") & (HEAVY | STORE_CLIENTS)
+
+
 @pytest.mark.parametrize("package", ["shared.stores", "shared.queue"])
 def test_stores_and_queue_import_no_worker_server_sdk_or_cli(package):
     assert violations(package, ("handler", *UPPER)) == []
