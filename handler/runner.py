@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,6 +237,7 @@ async def run_job(
     on_close: Outcome | None = Outcome.cancelled,
     stop: StopSignal | None = None,
     clock: Callable[[], float] = time.monotonic,
+    on_stored: Callable[[list[Result]], Awaitable[object]] | None = None,
 ) -> AsyncIterator[Event]:
     """Run `job` on `engine`; see the module docstring.
 
@@ -247,7 +248,9 @@ async def run_job(
     `on_close` is what a run records when its consumer closes it or its task is cancelled
     (RunPod's /cancel): `cancelled`, or nothing with None. When `stop` is set, the run stops at
     once: requests in flight are aborted, the results already in are stored and yielded, and the
-    final event carries the signal's outcome (`stopped`: anyone can resume the job).
+    final event carries the signal's outcome (`stopped`: anyone can resume the job). `on_stored` is
+    called with each chunk's results once they are stored, before the chunk is yielded (an eval
+    run scores them: handler/evals.py); it must not raise.
     """
     ref = job if isinstance(job, ShardRef) else None
     whole = ref.options_job() if ref is not None else job
@@ -301,6 +304,8 @@ async def run_job(
         nonlocal seq, last_flush
         if store is not None:  # durable before it is yielded
             await retrying(lambda: store.write(job_id, results), within_s=store_retry_s)
+        if on_stored is not None:
+            await on_stored(results)
         for r in results:
             tracker.record(r)
         seq += 1

@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from handler.engine.base import Engine
+from handler.evals import EvalHook
+from handler.evals import ended as eval_ended
 from handler.rollup import conclude
 from handler.runner import run_job
 from shared.contracts.compat import from_worker_vllm, is_worker_vllm
@@ -106,11 +108,14 @@ class JobService:
         """Run `job` (or one shard) through the runner with the store: chunks as they are stored, then
         the job's final event, when this run ended the job (a shard of several: handler/rollup.py)."""
         s = self.settings
+        hook = await EvalHook.for_work(self.store, job, retry_s=s.store_retry_s)  # an eval run's job: scored
         async for event in run_job(job, self.engine, store=self.store, limits=self.limits,
                                    chunk_size=s.default_chunk_size, chunk_interval_s=s.default_chunk_interval_s,
-                                   store_retry_s=s.store_retry_s, page_items=s.read_page_items):
+                                   store_retry_s=s.store_retry_s, page_items=s.read_page_items,
+                                   on_stored=hook and hook.scored):
             if isinstance(event, FinalEvent):
                 ended = await conclude(self.store, job, event, retry_s=s.store_retry_s)
+                await eval_ended(hook, ended)
                 yield ended if ended is not None else event
                 continue
             yield event

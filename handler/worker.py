@@ -26,6 +26,8 @@ import socket
 from dataclasses import dataclass, field
 
 from handler.engine.base import Engine
+from handler.evals import EvalHook
+from handler.evals import ended as eval_ended
 from handler.rollup import conclude, end_job
 from handler.runner import StopSignal, run_job
 from shared.contracts.errors import LLMJobsError, QueueError
@@ -76,6 +78,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._running: set[StopSignal] = set()
         self._engine_dead = False
+        self._hooks: dict[str, EvalHook | None] = {}  # lease entry id -> its eval run hook (handler/evals.py)
 
     def stop(self) -> None:
         """Take no new jobs; stop running ones at once and hand them back."""
@@ -155,9 +158,12 @@ class Worker:
         final: FinalEvent | None = None
         invalid = False
         crash: str | None = None
+        hook = await EvalHook.for_work(self.store, job, retry_s=self.store_retry_s)  # an eval run's job: scored
+        self._hooks[lease.entry_id] = hook
         gen = run_job(job, self.engine, store=self.store, limits=self.limits, store_retry_s=self.store_retry_s,
                       page_items=self.page_items, chunk_size=self.chunk_size,
-                      chunk_interval_s=self.chunk_interval_s, stop=stop, on_close=None)
+                      chunk_interval_s=self.chunk_interval_s, stop=stop, on_close=None,
+                      on_stored=hook and hook.scored)
         try:
             async for event in gen:
                 if isinstance(event, FinalEvent):
@@ -179,6 +185,8 @@ class Worker:
             await self._settle(lease, final, lost=stop.is_set() and not stop.record, invalid=invalid, crash=crash)
         except LLMJobsError as e:  # the lease will expire and the job be redelivered: nothing is lost
             self._log(lease, "could not settle: %s", e, level=logging.ERROR)
+        finally:
+            self._hooks.pop(lease.entry_id, None)
 
     async def _cancelled(self, job_id: str) -> bool:
         try:
@@ -237,6 +245,7 @@ class Worker:
     async def _conclude(self, lease: Lease, final: FinalEvent) -> None:
         """Publish the job's final event when this run ended the job (always, for a job of one shard)."""
         ended = await conclude(self.store, lease.job, final, retry_s=self.store_retry_s)
+        await eval_ended(self._hooks.get(lease.entry_id), ended)
         if ended is not None:
             await self._publish(lease.job_id, ended)
 
@@ -251,6 +260,7 @@ class Worker:
                 self._log(lease, "could not stop the job's other shards: %s", e, level=logging.WARNING)
         else:
             ended = await self._record(lease.job, Outcome.failed, final, reason)
+        await eval_ended(self._hooks.get(lease.entry_id), ended)
         if ended is not None:
             await self._publish(lease.job_id, ended)
 

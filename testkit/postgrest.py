@@ -13,6 +13,8 @@ It carries out what PostgREST does for the requests llm-jobs makes, the way Post
 - PATCH with filters (any of the above, `in` included): only the keys sent are set, in one UPDATE,
   so a PATCH filtered on a column it sets is atomic; with `return=representation` the rows it
   updated come back (200, `[]` when none matched);
+- DELETE with filters (as PATCH; none deletes every row, as PostgREST allows unless configured
+  otherwise): one DELETE; with `return=representation` the rows it deleted come back (200), else 204;
 - `Prefer: return=minimal|representation`, `Prefer: count=exact` on writes (`Content-Range: */N`,
   N the rows written); a filter may name a column twice (`idx=gte.0&idx=lt.9`), and compares as
   the column's type; Postgres errors as `{code, message, details, hint}`
@@ -116,9 +118,14 @@ class PostgrestError(Exception):
         self.status, self.body = status, {"code": code, "message": message, "details": details, "hint": hint}
 
 
+#: the tables the adapter serves (what the service role reaches through PostgREST)
+TABLES = ("jobs", "job_results", "job_items", "files", "file_items", "api_keys", "eval_suites", "eval_suite_versions",
+          "eval_cases", "eval_runs", "eval_case_results", "eval_schedules", "eval_schedule_slots")
+
+
 class PostgrestTransport(httpx.AsyncBaseTransport):
     def __init__(self, dsn: str, key: str,
-                 tables: tuple[str, ...] = ("jobs", "job_results", "job_items", "files", "file_items", "api_keys")):
+                 tables: tuple[str, ...] = TABLES):
         self.key = key
         self.tables = tables
         self.log: list[Seen] = []
@@ -150,6 +157,8 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
                     return await self._insert(conn, table, params, prefer, body, cols)
                 if request.method == "PATCH":
                     return await self._update(conn, table, pairs, prefer, body, cols)
+                if request.method == "DELETE":
+                    return await self._delete(conn, table, pairs, prefer, cols)
                 raise PostgrestError(405, "PGRST117", f"Unsupported HTTP method: {request.method}")
         except PostgrestError as e:
             return httpx.Response(e.status, json=e.body)
@@ -288,6 +297,11 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
         query = sql.SQL("update {t} set ({c}) = (select {c} from json_populate_record(null::{t}, %s::json)){w}").format(
             t=sql.Identifier(table), c=col_list, w=where)
         return await self._write(conn, query, [json.dumps(body), *args], prefer, 204)
+
+    async def _delete(self, conn, table, pairs, prefer, cols) -> httpx.Response:
+        where, args = self._where(pairs, cols, table)
+        query = sql.SQL("delete from {}{}").format(sql.Identifier(table), where)
+        return await self._write(conn, query, args, prefer, 204)
 
     async def _write(self, conn, query, args, prefer, minimal_status: int) -> httpx.Response:
         if prefer.get("return") == "representation":

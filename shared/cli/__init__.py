@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from handler.logs import quiet_spawned_process
 from shared.cli.common import EXIT_INVALID_INPUT, err
+from shared.cli.evals import eval_app
 from shared.cli.keys import keys_app
 from shared.cli.queue_cmds import queue_app, submit, watch, worker
 from shared.cli.read import results, status
@@ -49,6 +50,7 @@ app.command("serve-runpod", help="Serve RunPod's HTTP contract locally, running 
 app.command(help="Write the API's OpenAPI document (openapi.json).")(openapi)
 app.add_typer(queue_app, name="queue")
 app.add_typer(keys_app, name="keys")
+app.add_typer(eval_app, name="eval")
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from shared.stores.base import (
     row_json,
     row_result,
 )
+from shared.stores.postgres_evals import PostgresEvals
 
 # One statement per chunk: the rows travel as one JSON array and are upserted together, in
 # custom_id order (byte order, as `in_write_order` sorts them), so concurrent writers never deadlock.
@@ -105,7 +106,7 @@ def _copy_rows(key: str, start_idx: int, rows: Sequence[Item | Rejection]) -> st
                    for k, r in enumerate(rows))
 
 
-class PostgresStore:
+class PostgresStore(PostgresEvals):
     def __init__(self, url: str, *, timeout_s: float = DEFAULTS.store_timeout_s,
                  pool_size: int = DEFAULTS.store_pool_size):
         self.timeout_s = timeout_s

@@ -34,6 +34,7 @@ from shared.stores.base import (
     row_json,
     row_result,
 )
+from shared.stores.sqlite_evals import EVAL_SCHEMA, SQLiteEvals
 
 SCHEMA = """
 create table if not exists jobs (
@@ -133,7 +134,7 @@ def _dump(v: Any) -> Any:
     return None if v is None else json.dumps(v, ensure_ascii=False)
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteEvals):
     def __init__(self, path: Path, *, timeout_s: float = DEFAULTS.store_timeout_s):
         self.path = path
         self.timeout_s = timeout_s
@@ -148,7 +149,7 @@ class SQLiteStore:
                 db.row_factory = sqlite3.Row
                 await db.execute("pragma journal_mode = wal")
                 await db.execute("pragma foreign_keys = on")
-                await db.executescript(SCHEMA)
+                await db.executescript(SCHEMA + EVAL_SCHEMA)
                 for table, columns in ADDED_COLUMNS.items():
                     have = {row["name"] for row in await db.execute_fetchall(f"pragma table_info({table})")}
                     for name, kind in columns.items():

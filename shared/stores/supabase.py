@@ -48,6 +48,7 @@ from shared.stores.base import (
     row_job,
     row_result,
 )
+from shared.stores.supabase_evals import SupabaseEvals
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 #: PostgREST and Postgres error codes that mean "try again later"
@@ -102,7 +103,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-class SupabaseStore:
+class SupabaseStore(SupabaseEvals):
     def __init__(self, url: str, key: str, *, timeout_s: float = DEFAULTS.store_timeout_s,
                  transport: httpx.AsyncBaseTransport | None = None):
         self.url = url

@@ -1,6 +1,7 @@
-"""Row-level security as Supabase applies it (issue 13): a signed-in user reads only their own jobs,
-results, items, files and file lines; `anon` reads nothing; nobody but the service role writes; nobody
-but the service role touches `api_keys`.
+"""Row-level security as Supabase applies it (issues 13 and 14): a signed-in user reads only their own
+jobs, results, items, files and file lines, and their own evaluation suites (with their versions and
+cases), runs, case results and schedules (with their claimed slots); `anon` reads nothing; nobody but
+the service role writes; nobody but the service role touches `api_keys`.
 
 Each request runs the way PostgREST (and Realtime's RLS check) runs one: inside a transaction,
 `set local role anon|authenticated|service_role` and `set_config('request.jwt.claims', <the token's
@@ -18,6 +19,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -45,13 +47,42 @@ API_KEYS = {
     "key_4567cdef": U1,  # a key made for a Supabase user's id (`--owner <uuid>`)
 }
 
-TABLES = ("jobs", "job_results", "job_items", "files", "file_items")
+
+
+def _eval_id(owner: str | None, name: str) -> str:
+    """An evaluation record's stored id: under the owner's prefix, as a job's; an admin's (no owner) `admin-<name>`."""
+    return scoped_id(owner, name) if owner is not None else f"admin-{name}"
+
+
+# evaluation (supabase/migrations/20261207000000_evals.sql), per owner: a suite with one version of two cases
+# (idx 0 and 1, case ids CUSTOM_IDS), one run of it with a result per case (c0 passed, c1 not), and one
+# schedule with one claimed slot. Versions and cases belong to the suite's owner, results to the run's,
+# slots to the schedule's.
+EVAL_OWNERS = (U1, U2, ALICE, None)
+SUITES = {_eval_id(o, "suite"): o for o in EVAL_OWNERS}
+RUNS = {_eval_id(o, "run-1"): o for o in EVAL_OWNERS}
+SCHEDULES = {_eval_id(o, "nightly"): o for o in EVAL_OWNERS}
+SUITE_U1, RUN_U1, SCHEDULE_U1 = _eval_id(U1, "suite"), _eval_id(U1, "run-1"), _eval_id(U1, "nightly")
+VERSION = "0123456789abcdef"  # a suite version's content hash (16 hex digits)
+NEW_VERSION = "fedcba9876543210"
+SLOT = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)  # psycopg reads timestamptz as aware datetimes: these compare equal
+NEW_SLOT = datetime(2026, 12, 8, 3, 0, tzinfo=UTC)
+
+TABLES = ("jobs", "job_results", "job_items", "files", "file_items", "eval_suites", "eval_suite_versions",
+          "eval_cases", "eval_runs", "eval_case_results", "eval_schedules", "eval_schedule_slots")
 KEY_COLUMNS = {
     "jobs": "id",
     "job_results": "job_id, custom_id",
     "job_items": "job_id, idx",
     "files": "id",
     "file_items": "file_id, idx",
+    "eval_suites": "id",
+    "eval_suite_versions": "suite_id, version",
+    "eval_cases": "suite_id, version, idx",
+    "eval_runs": "id",
+    "eval_case_results": "run_id, case_id",
+    "eval_schedules": "id",
+    "eval_schedule_slots": "schedule_id, slot",
     "api_keys": "id",
 }
 
@@ -61,7 +92,8 @@ def _digest(key_id: str) -> str:
 
 
 def seed(conn: psycopg.Connection) -> None:
-    conn.execute("truncate api_keys, file_items, files, job_items, job_results, jobs")
+    conn.execute("truncate api_keys, file_items, files, job_items, job_results, jobs, eval_schedule_slots,"
+                 " eval_schedules, eval_case_results, eval_runs, eval_cases, eval_suite_versions, eval_suites")
     for job_id, owner in JOBS.items():
         conn.execute("insert into jobs (id, owner, total, model) values (%s, %s, 2, 'm')", (job_id, owner))
         for idx, cid in enumerate(CUSTOM_IDS):
@@ -76,6 +108,26 @@ def seed(conn: psycopg.Connection) -> None:
         for idx, cid in enumerate(CUSTOM_IDS):
             conn.execute("insert into file_items (file_id, idx, custom_id, item) values (%s, %s, %s, %s)",
                          (file_id, idx, cid, json.dumps({"custom_id": cid, "prompt": f"secret of {file_id}"})))
+    for owner in EVAL_OWNERS:
+        suite, run, schedule = _eval_id(owner, "suite"), _eval_id(owner, "run-1"), _eval_id(owner, "nightly")
+        conn.execute("insert into eval_suites (id, name, owner, version, cases) values (%s, 'essays', %s, %s, 2)",
+                     (suite, owner, VERSION))
+        conn.execute("insert into eval_suite_versions (suite_id, version, options, cases) values (%s, %s, %s, 2)",
+                     (suite, VERSION, json.dumps({"id": "essays", "model": f"secret of {suite}"})))
+        for idx, cid in enumerate(CUSTOM_IDS):
+            conn.execute("insert into eval_cases (suite_id, version, idx, case_id, body) values (%s, %s, %s, %s, %s)",
+                         (suite, VERSION, idx, cid, json.dumps({"id": cid, "prompt": f"secret of {suite}"})))
+        conn.execute("insert into eval_runs (id, owner, suite_id, version, job_id, model, status)"
+                     " values (%s, %s, %s, %s, %s, 'm', 'completed')",
+                     (run, owner, suite, VERSION, _eval_id(owner, "eval-job-1")))
+        conn.execute(
+            "insert into eval_case_results (run_id, case_id, passed, score, outcomes, output, error)"
+            " values (%s, 'c0', true, 1, '[]', %s, null), (%s, 'c1', false, 0, '[]', null, 'wrong')",
+            (run, f"answer for {run}", run))
+        conn.execute("insert into eval_schedules (id, owner, suite_id, model, cron, last_slot)"
+                     " values (%s, %s, %s, 'm', '0 3 * * *', %s)", (schedule, owner, suite, SLOT))
+        conn.execute("insert into eval_schedule_slots (schedule_id, slot, run_id) values (%s, %s, %s)",
+                     (schedule, SLOT, run))
     for key_id, owner in API_KEYS.items():
         conn.execute("insert into api_keys (id, owner, digest, hint) values (%s, %s, %s, 'ljk_abc')",
                      (key_id, owner, _digest(key_id)))
@@ -88,12 +140,22 @@ def expected(table: str, owner: str | None = None, *, everyone: bool = False) ->
 
     jobs = [j for j, o in JOBS.items() if mine(o)]
     files = [f for f, o in FILES.items() if mine(o)]
+    suites = [s for s, o in SUITES.items() if mine(o)]
+    runs = [r for r, o in RUNS.items() if mine(o)]
+    schedules = [s for s, o in SCHEDULES.items() if mine(o)]
     return {
         "jobs": {(j,) for j in jobs},
         "job_results": {(j, c) for j in jobs for c in CUSTOM_IDS},
         "job_items": {(j, i) for j in jobs for i in range(len(CUSTOM_IDS))},
         "files": {(f,) for f in files},
         "file_items": {(f, i) for f in files for i in range(len(CUSTOM_IDS))},
+        "eval_suites": {(s,) for s in suites},
+        "eval_suite_versions": {(s, VERSION) for s in suites},
+        "eval_cases": {(s, VERSION, i) for s in suites for i in range(len(CUSTOM_IDS))},
+        "eval_runs": {(r,) for r in runs},
+        "eval_case_results": {(r, c) for r in runs for c in CUSTOM_IDS},
+        "eval_schedules": {(s,) for s in schedules},
+        "eval_schedule_slots": {(s, SLOT) for s in schedules},
         "api_keys": {(k,) for k, o in API_KEYS.items() if mine(o)},
     }[table]
 
@@ -203,6 +265,13 @@ def test_a_signed_in_user_sees_whole_rows_of_their_own(db, table):
         "job_items": "job_id in (select id from jobs where owner = %(u)s)",
         "files": "owner = %(u)s",
         "file_items": "file_id in (select id from files where owner = %(u)s)",
+        "eval_suites": "owner = %(u)s",
+        "eval_suite_versions": "suite_id in (select id from eval_suites where owner = %(u)s)",
+        "eval_cases": "suite_id in (select id from eval_suites where owner = %(u)s)",
+        "eval_runs": "owner = %(u)s",
+        "eval_case_results": "run_id in (select id from eval_runs where owner = %(u)s)",
+        "eval_schedules": "owner = %(u)s",
+        "eval_schedule_slots": "schedule_id in (select id from eval_schedules where owner = %(u)s)",
     }[table]
     assert mine == db.execute(f"select * from public.{table} where {owner_filter} order by {col}", {"u": U1}).fetchall()
 
@@ -271,7 +340,8 @@ CLIENTS = {
     "authenticated-owner": ("authenticated", user(U1)),
 }
 
-#: a row each client might try to add: its own (user 1's job, result, item, file, line)
+#: a row each client might try to add: its own (user 1's job, result, item, file, line, suite, version, case,
+#: run, case result, schedule, slot), one that would otherwise satisfy every constraint
 INSERT = {
     "jobs": ("insert into jobs (id, owner) values (%s, %s)", (scoped_id(U1, "new"), U1)),
     "job_results": ("insert into job_results (job_id, custom_id, status, text) values (%s, 'c9', 'ok', 'forged')",
@@ -279,6 +349,20 @@ INSERT = {
     "job_items": ("insert into job_items (job_id, idx, custom_id, item) values (%s, 9, 'c9', '{}')", (JOB_U1,)),
     "files": ("insert into files (id, owner) values ('file-new', %s)", (U1,)),
     "file_items": ("insert into file_items (file_id, idx, custom_id, item) values ('file-u1', 9, 'c9', '{}')", ()),
+    "eval_suites": ("insert into eval_suites (id, name, owner, version, cases) values (%s, 'new', %s, %s, 0)",
+                    (_eval_id(U1, "new-suite"), U1, NEW_VERSION)),
+    "eval_suite_versions": ("insert into eval_suite_versions (suite_id, version, options, cases)"
+                            " values (%s, %s, '{}', 0)", (SUITE_U1, NEW_VERSION)),
+    "eval_cases": ("insert into eval_cases (suite_id, version, idx, case_id, body) values (%s, %s, 9, 'c9', '{}')",
+                   (SUITE_U1, VERSION)),
+    "eval_runs": ("insert into eval_runs (id, owner, suite_id, version, job_id) values (%s, %s, %s, %s, %s)",
+                  (_eval_id(U1, "new-run"), U1, SUITE_U1, VERSION, _eval_id(U1, "new-job"))),
+    "eval_case_results": ("insert into eval_case_results (run_id, case_id, passed, score, outcomes)"
+                          " values (%s, 'c9', true, 1, '[]')", (RUN_U1,)),
+    "eval_schedules": ("insert into eval_schedules (id, owner, suite_id, cron) values (%s, %s, %s, '0 4 * * *')",
+                       (_eval_id(U1, "new-schedule"), U1, SUITE_U1)),
+    "eval_schedule_slots": ("insert into eval_schedule_slots (schedule_id, slot, run_id) values (%s, %s, %s)",
+                            (SCHEDULE_U1, NEW_SLOT, _eval_id(U1, "new-run"))),
     "api_keys": ("insert into api_keys (id, owner, digest) values ('key_89abcdef', %s, %s)", (U1, "f" * 64)),
 }
 #: user 1's own rows, changed
@@ -288,6 +372,13 @@ UPDATE = {
     "job_items": ("update job_items set item = '{}' where job_id = %s", (JOB_U1,)),
     "files": ("update files set status = 'error', owner = %s where id = 'file-u1'", (U2,)),
     "file_items": ("update file_items set item = '{}' where file_id = 'file-u1'", ()),
+    "eval_suites": ("update eval_suites set name = 'forged', owner = %s where id = %s", (U2, SUITE_U1)),
+    "eval_suite_versions": ("update eval_suite_versions set options = '{}' where suite_id = %s", (SUITE_U1,)),
+    "eval_cases": ("update eval_cases set body = '{}' where suite_id = %s", (SUITE_U1,)),
+    "eval_runs": ("update eval_runs set status = 'cancelled', owner = %s where id = %s", (U2, RUN_U1)),
+    "eval_case_results": ("update eval_case_results set passed = true, score = 1 where run_id = %s", (RUN_U1,)),
+    "eval_schedules": ("update eval_schedules set enabled = false, owner = %s where id = %s", (U2, SCHEDULE_U1)),
+    "eval_schedule_slots": ("update eval_schedule_slots set run_id = 'forged' where schedule_id = %s", (SCHEDULE_U1,)),
     "api_keys": ("update api_keys set revoked_at = now() where owner = %s", (U1,)),
 }
 #: user 1's own rows, deleted
@@ -297,6 +388,13 @@ DELETE = {
     "job_items": ("delete from job_items where job_id = %s", (JOB_U1,)),
     "files": ("delete from files where id = 'file-u1'", ()),
     "file_items": ("delete from file_items where file_id = 'file-u1'", ()),
+    "eval_suites": ("delete from eval_suites where id = %s", (SUITE_U1,)),
+    "eval_suite_versions": ("delete from eval_suite_versions where suite_id = %s", (SUITE_U1,)),
+    "eval_cases": ("delete from eval_cases where suite_id = %s", (SUITE_U1,)),
+    "eval_runs": ("delete from eval_runs where id = %s", (RUN_U1,)),
+    "eval_case_results": ("delete from eval_case_results where run_id = %s", (RUN_U1,)),
+    "eval_schedules": ("delete from eval_schedules where id = %s", (SCHEDULE_U1,)),
+    "eval_schedule_slots": ("delete from eval_schedule_slots where schedule_id = %s", (SCHEDULE_U1,)),
     "api_keys": ("delete from api_keys where owner = %s", (U1,)),
 }
 
@@ -376,6 +474,15 @@ SERVICE_WRITES = {
     "job_items": (3, 3, expected("job_items", everyone=True) - {(JOB_U1, i) for i in range(len(CUSTOM_IDS))}),
     "files": (1, 1, expected("files", everyone=True) - {("file-u1",)} | {("file-new",)}),
     "file_items": (3, 3, expected("file_items", everyone=True) - {("file-u1", i) for i in range(len(CUSTOM_IDS))}),
+    "eval_suites": (1, 1, expected("eval_suites", everyone=True) - {(SUITE_U1,)} | {(_eval_id(U1, "new-suite"),)}),
+    "eval_suite_versions": (2, 2, expected("eval_suite_versions", everyone=True) - {(SUITE_U1, VERSION)}),
+    "eval_cases": (3, 3, expected("eval_cases", everyone=True)
+                   - {(SUITE_U1, VERSION, i) for i in range(len(CUSTOM_IDS))}),
+    "eval_runs": (1, 1, expected("eval_runs", everyone=True) - {(RUN_U1,)} | {(_eval_id(U1, "new-run"),)}),
+    "eval_case_results": (3, 3, expected("eval_case_results", everyone=True) - {(RUN_U1, c) for c in CUSTOM_IDS}),
+    "eval_schedules": (1, 1, expected("eval_schedules", everyone=True) - {(SCHEDULE_U1,)}
+                       | {(_eval_id(U1, "new-schedule"),)}),
+    "eval_schedule_slots": (2, 2, expected("eval_schedule_slots", everyone=True) - {(SCHEDULE_U1, SLOT)}),
     "api_keys": (2, 2, expected("api_keys", everyone=True) - {("key_4567cdef",)}),
 }
 
