@@ -37,7 +37,7 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY handler ./handler
 # hadolint ignore=DL3013
-RUN python3 -m pip install ".[stores,cli,server,gpu]"
+RUN python3 -m pip install ".[stores,cli,server,gpu,evals]"
 
 # Bake the weights in when MODEL_NAME is given (read at start with the hub offline). A layer of
 # its own: changing the model does not reinstall the package.

@@ -96,9 +96,9 @@ SECRETS = [modal.Secret.from_name(name) for name in SECRET_NAMES]
 
 # ## The image
 #
-# vLLM from PyPI, then this package's server and `gpu` extras, whose pins come from pyproject.toml.
-# The environment points the caches at the volumes. Settings reads HF_HOME and VLLM_CACHE_ROOT
-# from there and hands them to vLLM.
+# vLLM from PyPI, then this package's server, `gpu` and `evals` extras (eval runs are scored where they run),
+# whose pins come from pyproject.toml. The environment points the caches at the volumes. Settings reads
+# HF_HOME and VLLM_CACHE_ROOT from there and hands them to vLLM.
 ROOT = Path(__file__).parent
 IMAGE_ENV = {
     "HF_HOME": HF_CACHE_PATH,
@@ -109,7 +109,8 @@ image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
     # vLLM first, in its own layer: editing pyproject.toml does not reinstall it
     .uv_pip_install(f"vllm=={VLLM_VERSION}")
-    .pip_install_from_pyproject(str(ROOT / "pyproject.toml"), optional_dependencies=["stores", "cli", "server", "gpu"])
+    .pip_install_from_pyproject(str(ROOT / "pyproject.toml"),
+                                optional_dependencies=["stores", "cli", "server", "gpu", "evals"])
     .env(IMAGE_ENV)
     .add_local_python_source("handler", "shared")
 )
