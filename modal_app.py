@@ -212,17 +212,21 @@ def web():
 
 # ## The schedule
 #
-# Every few minutes, look at the Upstash queue from a small CPU container. Only when it has work
-# does the GPU class wake up to drain it, so an idle queue costs no GPU time.
+# Every few minutes, from a small CPU container: tick the scheduler (scheduled eval runs due now are
+# submitted, once per slot however many ticks), then look at the Upstash queue. Only when it has
+# work does the GPU class wake up to drain it, so an idle queue costs no GPU time.
 
 
 @app.function(image=image, secrets=SECRETS, schedule=modal.Cron(DRAIN_SCHEDULE), timeout=DRAIN_CHECK_TIMEOUT_S)
 async def drain_queue() -> dict[str, Any]:
     from handler.platforms.modal import queued_jobs
     from shared.contracts.settings import get_settings
+    from shared.server.scheduler import tick_once
 
-    waiting = await queued_jobs(get_settings())
+    settings = get_settings()
+    scheduled = await tick_once(settings)  # scheduled eval runs now due go on the queue (once per slot)
+    waiting = await queued_jobs(settings)
     if not waiting:
-        return {"queued": 0, "drained": False}
+        return {"scheduled": len(scheduled), "queued": 0, "drained": False}
     call = await LLMJobs().drain.spawn.aio()
-    return {"queued": waiting, "drained": True, "call_id": call.object_id}
+    return {"scheduled": len(scheduled), "queued": waiting, "drained": True, "call_id": call.object_id}

@@ -50,7 +50,7 @@ def stored_score(r: CaseResult) -> CaseScore:
                                      "error": r.error})
 
 
-async def load_suite(store: Store, suite_id: str, version: str) -> Suite | None:
+async def load_suite(store: Store, suite_id: str, version: str | None) -> Suite | None:
     found = await store.suite_version(suite_id, version)
     if found is None:
         return None

@@ -15,6 +15,7 @@ from shared.cli.keys import keys_app
 from shared.cli.queue_cmds import queue_app, submit, watch, worker
 from shared.cli.read import results, status
 from shared.cli.run import run
+from shared.cli.schedules import schedule_app
 from shared.cli.serve import openapi, serve, serve_runpod
 from shared.cli.validate import validate
 from shared.contracts.settings import get_settings
@@ -51,6 +52,7 @@ app.command(help="Write the API's OpenAPI document (openapi.json).")(openapi)
 app.add_typer(queue_app, name="queue")
 app.add_typer(keys_app, name="keys")
 app.add_typer(eval_app, name="eval")
+app.add_typer(schedule_app, name="schedule")
 
 
 def main() -> None:

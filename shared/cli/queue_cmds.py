@@ -175,6 +175,9 @@ async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: f
     from handler.engine.vllm_engine import VLLMEngine
     from handler.worker import Worker
     from shared.contracts.prepare import Limits
+    from shared.server.dispatch import QueueDispatcher
+    from shared.server.lifecycle import JobLifecycle
+    from shared.server.scheduler import tick, tick_every
 
     q = _queue(settings)
     store = open_store(settings)
@@ -186,9 +189,19 @@ async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: f
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)
+    ticks = None
+    if settings.schedule_tick_s > 0:  # scheduled eval runs: any number of workers may tick, one run per slot
+        lifecycle = JobLifecycle(store, QueueDispatcher(q), settings)
+        if drain:
+            await tick(lifecycle)  # once, then the queue is run dry (with what it just submitted)
+        else:
+            ticks = asyncio.create_task(tick_every(lifecycle, settings.schedule_tick_s))
     try:
         stats = await w.run()
     finally:
+        if ticks is not None:
+            ticks.cancel()
+            await asyncio.gather(ticks, return_exceptions=True)
         await store.close()
         await q.close()
         await engine.close()

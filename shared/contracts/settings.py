@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=120, gt=1)
     #: deliveries before a job goes to the dead-letter list
     max_attempts: int = Field(default=3, ge=1)
+    #: seconds between a worker's scheduler ticks (scheduled eval runs; shared/server/scheduler.py); 0: none
+    schedule_tick_s: float = Field(default=60, ge=0)
     #: first retry delay; doubles each attempt, up to retry_backoff_max_s
     retry_backoff_s: float = Field(default=10, ge=0)
     retry_backoff_max_s: float = Field(default=600, ge=0)

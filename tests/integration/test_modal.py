@@ -185,13 +185,14 @@ async def test_web_app_spawns_and_streams_from_the_store(api_env, local_service,
         assert len(page["data"]) == 4
 
 
-async def test_cron_skips_the_gpu_when_the_queue_is_empty(local_service, monkeypatch):
+async def test_cron_skips_the_gpu_when_the_queue_is_empty(local_service, monkeypatch, tmp_path):
     from shared.contracts.settings import get_settings
 
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", local_service.settings.upstash_redis_rest_url)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", UPSTASH_TOKEN)
+    monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "cron.db"))  # the scheduler's store: no schedules in it
     get_settings.cache_clear()
     try:
-        assert await modal_app.drain_queue.local() == {"queued": 0, "drained": False}
+        assert await modal_app.drain_queue.local() == {"scheduled": 0, "queued": 0, "drained": False}
     finally:
         get_settings.cache_clear()
