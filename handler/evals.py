@@ -17,18 +17,24 @@ import logging
 import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.contracts.errors import InputError, Issue, LLMJobsError
-from shared.contracts.events import FinalEvent, Outcome
+from handler.runner import run_job
+from shared.contracts.errors import InputError, Issue, ItemFailure, LLMJobsError
+from shared.contracts.events import ChunkEvent, ErrorEvent, FinalEvent, Outcome
 from shared.contracts.models import Job, JobStatus, Result
 from shared.contracts.owners import scoped_id
 from shared.contracts.shards import ShardRef
+from shared.evals.checks import Facts, Verdict, reference
+from shared.evals.judge import JUDGE_FORMAT, judge_messages, verdict_of
 from shared.evals.records import CaseResult, RunRecord, SuiteRecord
 from shared.evals.regress import Regressions, compare
 from shared.evals.scoring import CaseScore, RunScores, score_case, summarize
 from shared.evals.suite import Case, Suite
 from shared.stores.base import Store, retrying
+
+if TYPE_CHECKING:
+    from handler.engine.base import Engine
 
 log = logging.getLogger("llm_jobs.evals")
 
@@ -36,6 +42,8 @@ log = logging.getLogger("llm_jobs.evals")
 RUN_KEY = "eval_run"
 #: results (and case results) read a page at a time
 PAGE = 1000
+#: the most a judge writes (its reason, score and verdict)
+JUDGE_MAX_TOKENS = 300
 
 
 def case_result(run_id: str, score: CaseScore, result: Result) -> CaseResult:
@@ -60,12 +68,15 @@ async def load_suite(store: Store, suite_id: str, version: str | None) -> Suite 
 
 
 class EvalHook:
-    def __init__(self, store: Store, run: RunRecord, suite: Suite, *, retry_s: float):
-        self.store, self.run, self.suite, self.retry_s = store, run, suite, retry_s
+    def __init__(self, store: Store, run: RunRecord, suite: Suite, *, retry_s: float, engine: Engine | None = None):
+        """`engine` runs the judges of `llm_rubric` and the `perplexity` assertions (without one, they fail
+        as not judged)."""
+        self.store, self.run, self.suite, self.retry_s, self.engine = store, run, suite, retry_s, engine
         self.cases: dict[str, Case] = {c.id: c for c in suite.cases}
 
     @classmethod
-    async def for_work(cls, store: Store | None, work: Job | ShardRef, *, retry_s: float) -> EvalHook | None:
+    async def for_work(cls, store: Store | None, work: Job | ShardRef, *, retry_s: float,
+                       engine: Engine | None = None) -> EvalHook | None:
         """The hook of the eval run `work` belongs to, or None for an ordinary job."""
         job = work.options_job() if isinstance(work, ShardRef) else work
         run_id = job.metadata.get(RUN_KEY)
@@ -81,24 +92,91 @@ class EvalHook:
         if run is None or suite is None:
             log.warning("job %s names eval run %s, which the store does not have", job.id, run_id)
             return None
-        return cls(store, run, suite, retry_s=retry_s)
+        return cls(store, run, suite, retry_s=retry_s, engine=engine)
 
-    def _score(self, results: Sequence[Result]) -> list[CaseResult]:
+    def _score(self, results: Sequence[Result], facts: dict[str, Facts]) -> list[CaseResult]:
         out = []
         for r in results:
             case = self.cases.get(r.custom_id)
             if case is not None:
-                out.append(case_result(self.run.id, score_case(self.suite, case, r), r))
+                out.append(case_result(self.run.id, score_case(self.suite, case, r, facts.get(r.custom_id)), r))
         return out
 
     async def scored(self, results: Sequence[Result]) -> int:
         """Score a stored chunk's results and keep them; how many were new. Never raises."""
         try:
-            rows = await asyncio.to_thread(self._score, results)
+            facts = await self._facts(results) if self.engine is not None else {}
+            rows = await asyncio.to_thread(self._score, results, facts)
             return await retrying(lambda: self.store.write_case_results(rows), within_s=self.retry_s)
         except Exception:  # scoring must not fail the job: `finish` scores what is missing
             log.exception("eval run %s: a chunk could not be scored", self.run.id)
             return 0
+
+    async def _facts(self, results: Sequence[Result]) -> dict[str, Facts]:
+        """What the engine says of these results: the judges' verdicts and the perplexities their cases ask
+        for, by custom_id."""
+        judged: dict[str | None, list[tuple[str, int, list[dict[str, str]]]]] = {}
+        texts: list[tuple[str, int, str]] = []
+        for r in results:
+            case = self.cases.get(r.custom_id)
+            if case is None or r.text is None:
+                continue
+            for i, a in enumerate(self.suite.assertions(case)):
+                if a.type == "llm_rubric":
+                    doc = case.model_dump(mode="json", by_alias=True, exclude_none=True)
+                    judged.setdefault(a.model, []).append((r.custom_id, i, judge_messages(str(a.value), doc,
+                                                                                          r.text)))
+                elif a.type == "perplexity" and isinstance(text := reference(a, case.expected), str):
+                    texts.append((r.custom_id, i, text))
+        verdicts: dict[tuple[str, int], Verdict] = {}
+        for model, items in judged.items():
+            verdicts |= await self._judge(model, items)
+        ppl = await self._perplexities(texts)
+        out: dict[str, Facts] = {}
+        for cid in {cid for cid, _ in verdicts} | {cid for cid, _ in ppl}:
+            out[cid] = Facts(verdicts={i: v for (c, i), v in verdicts.items() if c == cid},
+                             perplexity={i: p for (c, i), p in ppl.items() if c == cid})
+        return out
+
+    async def _judge(self, model: str | None, items: list[tuple[str, int, list[dict[str, str]]]]
+                     ) -> dict[tuple[str, int], Verdict]:
+        """One judge job (an ordinary job, run here on the engine, kept nowhere) over `items`."""
+        assert self.engine is not None
+        job = Job.model_validate({
+            "id": f"{self.run.id[:80]}-judge-{secrets.token_hex(4)}", "model": model, "response_format": JUDGE_FORMAT,
+            "sampling": {"temperature": 0, "max_tokens": JUDGE_MAX_TOKENS},
+            "items": [{"custom_id": f"{i}:{cid}", "messages": messages} for cid, i, messages in items]})
+        out: dict[tuple[str, int], Verdict] = {}
+        why = "the judge gave no verdict"
+        async for event in run_job(job, self.engine, chunk_size=len(items), on_close=None):
+            if isinstance(event, ChunkEvent):
+                for r in event.results:
+                    i, _, cid = r.custom_id.partition(":")
+                    verdict = verdict_of(r)
+                    out[(cid, int(i))] = verdict or Verdict(
+                        passed=False, score=0.0, reason=f"not judged: {r.error.message if r.error else why}")
+            elif isinstance(event, ErrorEvent):  # the judge's model is not served here, say
+                why = event.error
+        for cid, i, _ in items:
+            out.setdefault((cid, i), Verdict(passed=False, score=0.0, reason=f"not judged: {why}"))
+        return out
+
+    async def _perplexities(self, texts: list[tuple[str, int, str]]) -> dict[tuple[str, int], float]:
+        measure = getattr(self.engine, "perplexity", None)
+        if measure is None or not texts:
+            return {}
+        gate = asyncio.Semaphore(max(1, getattr(self.engine, "capacity", 8)))
+
+        async def one(text: str) -> float | None:
+            async with gate:
+                try:
+                    return await measure(text)
+                except ItemFailure as e:
+                    log.warning("eval run %s: no perplexity for a text: %s", self.run.id, e)
+                    return None
+
+        found = await asyncio.gather(*(one(text) for _, _, text in texts))
+        return {(cid, i): p for (cid, i, _), p in zip(texts, found, strict=True) if p is not None}
 
     async def begin(self) -> None:
         if self.run.status is JobStatus.queued:

@@ -108,7 +108,8 @@ class JobService:
         """Run `job` (or one shard) through the runner with the store: chunks as they are stored, then
         the job's final event, when this run ended the job (a shard of several: handler/rollup.py)."""
         s = self.settings
-        hook = await EvalHook.for_work(self.store, job, retry_s=s.store_retry_s)  # an eval run's job: scored
+        # an eval run's job is scored as its chunks are stored (handler/evals.py)
+        hook = await EvalHook.for_work(self.store, job, retry_s=s.store_retry_s, engine=self.engine)
         async for event in run_job(job, self.engine, store=self.store, limits=self.limits,
                                    chunk_size=s.default_chunk_size, chunk_interval_s=s.default_chunk_interval_s,
                                    store_retry_s=s.store_retry_s, page_items=s.read_page_items,

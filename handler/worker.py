@@ -158,7 +158,8 @@ class Worker:
         final: FinalEvent | None = None
         invalid = False
         crash: str | None = None
-        hook = await EvalHook.for_work(self.store, job, retry_s=self.store_retry_s)  # an eval run's job: scored
+        hook = await EvalHook.for_work(self.store, job, retry_s=self.store_retry_s,  # an eval run's job: scored
+                                       engine=self.engine)
         self._hooks[lease.entry_id] = hook
         gen = run_job(job, self.engine, store=self.store, limits=self.limits, store_retry_s=self.store_retry_s,
                       page_items=self.page_items, chunk_size=self.chunk_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 import time
 import uuid
@@ -213,6 +214,32 @@ class VLLMEngine:
             structured_outputs=structured,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
+
+    async def perplexity(self, text: str) -> float:
+        """The model's perplexity on `text`: exp of the mean negative log-probability of each of its tokens
+        given those before it (vLLM's prompt logprobs; the first token has none). The `perplexity`
+        assertion of eval suites (handler/evals.py)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        if self._llm is None or self._llm.errored:
+            raise EngineDeadError("the engine is dead")
+        ids = list(self._tokenizer.encode(text))
+        if len(ids) < 2:
+            raise ItemFailure(ErrorCode.invalid_item, "perplexity needs a text of two tokens or more")
+        if len(ids) >= self.max_model_len:
+            raise ItemFailure(ErrorCode.prompt_too_long,
+                              f"the text has {len(ids)} tokens; the model's context is {self.max_model_len}")
+        params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        final = None
+        async with asyncio.timeout(self._settings.item_timeout_s):
+            async for out in self._llm.generate({"prompt_token_ids": ids}, params, uuid.uuid4().hex):
+                final = out
+        if final is None or final.prompt_logprobs is None:
+            raise ItemFailure(ErrorCode.engine_error, "the engine returned no prompt logprobs")
+        nll = [-lp[tok].logprob for tok, lp in zip(ids[1:], final.prompt_logprobs[1:], strict=True)]
+        return math.exp(sum(nll) / len(nll))
 
     async def complete(self, request: Request) -> Completion:
         from vllm.exceptions import VLLMValidationError

@@ -108,6 +108,7 @@ def run(
             else:
                 with err.status(f"booting the engine ({settings.model_name or 'embedded SmolLM2-135M-Instruct'})..."):
                     engine = await VLLMEngine.start(settings)
+                hook.engine = engine  # the judges (llm_rubric) and perplexities run on it
                 try:
                     await hook.begin()
                     final = await _drive(run_job(job, engine, store=store, limits=Limits.from_settings(settings),
