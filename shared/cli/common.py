@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -13,11 +15,11 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from handler import logs
-from shared.contracts.errors import InputError
+from shared.contracts.errors import InputError, LLMJobsError
 from shared.contracts.inputs import parse_job
 from shared.contracts.models import Job
 from shared.contracts.prepare import Limits
-from shared.contracts.settings import DEFAULT_MODEL_NAME, Settings
+from shared.contracts.settings import DEFAULT_MODEL_NAME, Settings, get_settings
 
 #: exit codes, documented in the README
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID_INPUT, EXIT_ITEMS_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -101,3 +103,24 @@ def show_rejections(job: Job) -> None:
     if job.rejected:
         show_issues(f"{len(job.rejected)} item(s) rejected; each becomes an error result",
                     [(r.where(), r.message) for r in job.rejected])
+
+
+T = TypeVar("T")
+
+
+def on_store(call: Callable[[Any], Awaitable[T]]) -> T:
+    """`call(store)` on the store the settings name, closed after; a store error exits 1 with its message."""
+    from shared.stores import open_store  # the stores' clients: loaded by the commands that use them
+
+    async def go() -> T:
+        store = open_store(get_settings())
+        try:
+            return await call(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except LLMJobsError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(EXIT_JOB_FAILED) from e

@@ -18,7 +18,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.cli.common import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, EXIT_JOB_FAILED, err, served_models, setup_logging
+from shared.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_INPUT,
+    EXIT_JOB_FAILED,
+    err,
+    on_store,
+    served_models,
+    setup_logging,
+)
 from shared.cli.common import show_issues as _show_issues
 from shared.contracts.errors import InputError, LLMJobsError, StoreError
 from shared.contracts.events import ChunkEvent, ErrorEvent, FinalEvent, Outcome
@@ -207,19 +215,7 @@ def history(
 ) -> None:
     """A suite's runs, newest first, with their scores."""
     settings = get_settings()
-
-    async def go():
-        store = open_store(settings)
-        try:
-            return await store.list_runs(scoped_id(None, suite), limit=limit)
-        finally:
-            await store.close()
-
-    try:
-        runs = asyncio.run(go())
-    except LLMJobsError as e:
-        err.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(EXIT_JOB_FAILED) from e
+    runs = on_store(lambda store: store.list_runs(scoped_id(None, suite), limit=limit))
     if not runs:
         err.print(f"no runs of suite '{suite}' in {describe_store(settings)}")
         raise typer.Exit(EXIT_INVALID_INPUT)

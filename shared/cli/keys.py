@@ -7,40 +7,22 @@ API_KEYS (the environment); these belong to an owner, who sees only their own jo
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.cli.common import EXIT_INVALID_INPUT, EXIT_JOB_FAILED, err
-from shared.contracts.errors import LLMJobsError
+from shared.cli.common import EXIT_INVALID_INPUT, err, on_store
 from shared.contracts.models import OWNER_PATTERN
 from shared.contracts.owners import canonical_owner, new_key
 from shared.contracts.settings import get_settings
-from shared.stores import Store, open_store
 
-T = TypeVar("T")
 keys_app = typer.Typer(help="Make, list and revoke owners' API keys (kept in the store as digests).",
                        no_args_is_help=True)
 
 
-def _on_store(call: Callable[[Store], Awaitable[T]]) -> T:
-    async def go() -> T:
-        store = open_store(get_settings())
-        try:
-            return await call(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(go())
-    except LLMJobsError as e:
-        err.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(EXIT_JOB_FAILED) from e
 
 
 @keys_app.command()
@@ -56,7 +38,7 @@ def create(
         raise typer.Exit(EXIT_INVALID_INPUT)
     owner = canonical_owner(owner)
     key, rec = new_key(owner, label)
-    _on_store(lambda store: store.create_key(rec))
+    on_store(lambda store: store.create_key(rec))
     err.print(f"made key [bold]{rec.id}[/] for owner [bold]{owner}[/] (shown once; revoke: llm-jobs keys revoke "
               f"{rec.id})")
     print(key)
@@ -67,7 +49,7 @@ def list_keys(
     owner: Annotated[str | None, typer.Option(help="Only this owner's keys.")] = None,
 ) -> None:
     """Every key (never the key itself: its id, owner, first characters, and whether it was revoked)."""
-    found = _on_store(lambda store: store.list_keys(owner=owner and canonical_owner(owner)))
+    found = on_store(lambda store: store.list_keys(owner=owner and canonical_owner(owner)))
     table = Table("id", "owner", "starts with", "label", "created", "revoked")
     for k in found:
         table.add_row(k.id, k.owner, k.hint + "…", k.label or "", f"{k.created_at:%Y-%m-%d %H:%M}" if k.created_at
@@ -78,7 +60,7 @@ def list_keys(
 @keys_app.command()
 def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_...), from `llm-jobs keys list`.")]) -> None:
     """Revoke a key. A running API stops taking it within KEY_CACHE_S seconds."""
-    if not _on_store(lambda store: store.revoke_key(key_id)):
+    if not on_store(lambda store: store.revoke_key(key_id)):
         err.print(f"[bold red]error:[/] no key {key_id!r}")
         raise typer.Exit(EXIT_INVALID_INPUT)
     err.print(f"revoked {key_id} (a running API stops taking it within {get_settings().key_cache_s:g} s)")

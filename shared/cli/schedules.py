@@ -9,42 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.cli.common import EXIT_INVALID_INPUT, EXIT_JOB_FAILED, err
+from shared.cli.common import EXIT_INVALID_INPUT, EXIT_JOB_FAILED, err, on_store
 from shared.cli.evals import read_suite
 from shared.contracts.errors import LLMJobsError
 from shared.contracts.models import ID_PATTERN
 from shared.contracts.settings import get_settings
 from shared.evals.records import ScheduleRecord
 from shared.evals.schedule import cron_problem
-from shared.stores import Store, open_store
+from shared.stores import Store
 
-T = TypeVar("T")
 schedule_app = typer.Typer(help="Scheduled eval runs: a suite, a model and a cron expression (UTC).",
                            no_args_is_help=True)
 out = Console()
 
 
-def _on_store(call: Callable[[Store], Awaitable[T]]) -> T:
-    async def go() -> T:
-        store = open_store(get_settings())
-        try:
-            return await call(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(go())
-    except LLMJobsError as e:
-        err.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(EXIT_JOB_FAILED) from e
 
 
 @schedule_app.command("add")
@@ -75,7 +60,7 @@ def add(
         rec = await keep_suite(store, suite, None)
         await store.add_schedule(ScheduleRecord(id=sid, suite_id=rec.id, model=model, cron=cron, enabled=not disabled))
 
-    _on_store(go)
+    on_store(go)
     err.print(f"schedule [bold]{sid}[/]: suite {suite.id} at '{cron}' (UTC)" + (" [yellow](disabled)[/]"
                                                                                   if disabled else ""))
 
@@ -83,7 +68,7 @@ def add(
 @schedule_app.command("list")
 def list_schedules() -> None:
     """Every schedule, with the last slot it ran."""
-    found = _on_store(lambda store: store.list_schedules())
+    found = on_store(lambda store: store.list_schedules())
     table = Table("id", "suite", "model", "cron (UTC)", "enabled", "last slot", "owner")
     for s in found:
         table.add_row(s.id, s.suite_id, s.model or "(suite's)", s.cron, "yes" if s.enabled else "no",
@@ -94,7 +79,7 @@ def list_schedules() -> None:
 @schedule_app.command("rm")
 def remove(schedule_id: Annotated[str, typer.Argument(help="The schedule's id.")]) -> None:
     """Remove a schedule (its runs stay)."""
-    if not _on_store(lambda store: store.remove_schedule(schedule_id)):
+    if not on_store(lambda store: store.remove_schedule(schedule_id)):
         err.print(f"[bold red]error:[/] no schedule {schedule_id!r}")
         raise typer.Exit(EXIT_INVALID_INPUT)
     err.print(f"removed schedule {schedule_id}")

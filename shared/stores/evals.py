@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from shared.contracts.models import JobStatus
 from shared.evals.records import CaseResult, RunRecord, ScheduleRecord, SuiteRecord
+from shared.stores.base import _json
 
 
 class EvalStore(Protocol):
@@ -73,10 +73,6 @@ CASE_RESULT_COLUMNS = ("run_id", "case_id", "passed", "score", "outcomes", "labe
 SCHEDULE_COLUMNS = ("id", "owner", "suite_id", "model", "cron", "enabled", "last_slot")
 #: the case columns of eval_cases
 CASE_COLUMNS = ("suite_id", "version", "idx", "case_id", "body")
-
-
-def _json(v: Any) -> Any:
-    return json.loads(v) if isinstance(v, str | bytes) else v
 
 
 def run_row(rec: RunRecord) -> dict[str, Any]:
