@@ -16,8 +16,10 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from handler.runner import run_job
 from shared.contracts.errors import InputError, Issue, ItemFailure, LLMJobsError
@@ -27,7 +29,7 @@ from shared.contracts.owners import scoped_id
 from shared.contracts.shards import ShardRef
 from shared.evals.checks import Facts, Verdict, reference
 from shared.evals.judge import JUDGE_FORMAT, judge_messages, verdict_of
-from shared.evals.records import CaseResult, RunRecord, SuiteRecord
+from shared.evals.records import CaseResult, RunRecord, SuiteRecord, new_run_id
 from shared.evals.regress import Regressions, compare
 from shared.evals.scoring import CaseScore, RunScores, score_case, summarize
 from shared.evals.suite import Case, Suite
@@ -239,13 +241,12 @@ def suite_parts(suite: Suite) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return {k: v for k, v in doc.items() if k != "cases"}, doc["cases"]
 
 
-async def keep_suite(store: Store, suite: Suite, owner: str | None) -> SuiteRecord:
-    """Store the suite's version (once) under the owner's id for it."""
+async def keep_suite(store: Store, suite: Suite, owner: str | None) -> tuple[SuiteRecord, bool]:
+    """Store the suite's version (once) under the owner's id for it; True when that version is new."""
     options, cases = await asyncio.to_thread(suite_parts, suite)
     rec = SuiteRecord(id=scoped_id(owner, suite.id), name=suite.id, owner=owner, version=suite.version(),
                       cases=len(cases))
-    await store.put_suite(rec, options, cases)
-    return rec
+    return rec, await store.put_suite(rec, options, cases)
 
 
 async def last_run(store: Store, suite_id: str, *, other_than: str | None = None) -> RunRecord | None:
@@ -262,10 +263,6 @@ async def last_run(store: Store, suite_id: str, *, other_than: str | None = None
     return None
 
 
-def new_run_id(suite: Suite) -> str:
-    return f"{suite.id[:80]}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
 async def open_run(store: Store, suite: Suite, *, owner: str | None = None, model: str | None = None,
                    adapter: str | None = None, baseline: str | None = None, run_id: str | None = None,
                    git_rev: str | None = None, schedule_id: str | None = None, slot: datetime | None = None,
@@ -275,8 +272,8 @@ async def open_run(store: Store, suite: Suite, *, owner: str | None = None, mode
     `baseline`: a run id of the same suite, `last` (its newest finished run), or None. The run's id
     is the job's, scoped by owner like a job id.
     """
-    rec = await keep_suite(store, suite, owner)
-    stored_id = scoped_id(owner, run_id or new_run_id(suite))
+    rec, _ = await keep_suite(store, suite, owner)
+    stored_id = scoped_id(owner, run_id or new_run_id(suite.id))
     run = await store.get_run(stored_id)
     if run is None:
         base = None
@@ -301,6 +298,9 @@ async def open_run(store: Store, suite: Suite, *, owner: str | None = None, mode
     if suite_at is None:
         raise InputError([Issue(f"run '{run_id}' ran a version of the suite the store no longer has",
                                 field="run_id")])
-    job = suite_at.job(run.job_id, model=run.model,
-                       metadata={RUN_KEY: run.id, "suite": suite.id, "suite_version": run.version})
+    meta = {RUN_KEY: run.id, "suite": suite.id, "suite_version": run.version}
+    try:  # a job of every case: off the event loop
+        job = await asyncio.to_thread(suite_at.job, run.job_id, model=run.model, metadata=meta)
+    except ValidationError as e:  # the model named for the run, say
+        raise InputError([Issue(err["msg"], field=".".join(map(str, err["loc"]))) for err in e.errors()]) from None
     return run, job.model_copy(update={"owner": owner})

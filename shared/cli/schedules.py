@@ -57,7 +57,7 @@ def add(
         raise typer.Exit(EXIT_INVALID_INPUT)
 
     async def go(store: Store) -> None:
-        rec = await keep_suite(store, suite, None)
+        rec, _ = await keep_suite(store, suite, None)
         await store.add_schedule(ScheduleRecord(id=sid, suite_id=rec.id, model=model, cron=cron, enabled=not disabled))
 
     on_store(go)

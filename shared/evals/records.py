@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -85,3 +86,8 @@ class ScheduleRecord(BaseModel):
     created_at: datetime | None = None
     #: the last slot claimed
     last_slot: datetime | None = None
+
+
+def new_run_id(suite_id: str) -> str:
+    """A fresh run id: the suite's id, the time (UTC) and a random tail, e.g. `grading-ca-20261206-091500-3fa2c1`."""
+    return f"{suite_id[:80]}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"

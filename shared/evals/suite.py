@@ -208,7 +208,10 @@ def _lines(node: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
 
 def _read(text: str) -> tuple[Any, dict[tuple[str, ...], int]]:
     """The document, and where each part of it is (YAML is a superset of JSON: one reader for both)."""
-    loader = _NoAliases(text)
+    try:
+        loader = _NoAliases(text)  # it refuses control characters already
+    except yaml.YAMLError as e:
+        raise InputError([Issue(f"not valid YAML or JSON: {e}")]) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -219,6 +222,8 @@ def _read(text: str) -> tuple[Any, dict[tuple[str, ...], int]]:
         problem = getattr(e, "problem", None) or str(e)
         raise InputError([Issue(f"not valid YAML or JSON: {problem}",
                                 line=mark.line + 1 if mark is not None else None)]) from None
+    except RecursionError:
+        raise InputError([Issue("not a suite: nested too deeply")]) from None
     finally:
         loader.dispose()
 

@@ -86,7 +86,7 @@ class HttpBackend:
             if r.status_code == 429:
                 r.raise_for_status()
             _raise_for(r)
-            return r.json()
+            return r.json() if r.content else {}
 
         try:
             return await with_retries(once, attempts=self.attempts, retryable=transient)
@@ -95,6 +95,11 @@ class HttpBackend:
             raise (RateLimited if code == 429 else ApiError)(f"{method} {path}: HTTP {code}", status=code) from e
         except httpx.TransportError as e:
             raise ApiError(f"{method} {path}: {type(e).__name__}: {e}") from e
+
+    async def call(self, method: str, path: str, **kw: Any) -> Any:
+        """One API call, retried on a transient failure; its JSON answer ({} for none). Errors as for jobs:
+        InputError (422, naming each field), NotFound, AuthError, RateLimited, ApiError."""
+        return await self._call(method, path, **kw)
 
     async def submit(self, job: Job) -> dict[str, Any]:
         return await self._call("POST", "/v1/jobs", json=job.wire())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from pydantic import ValidationError
@@ -27,6 +27,9 @@ from shared.contracts.models import Item, Job, JobOptions, Result, new_job_id
 from shared.contracts.settings import Settings, get_settings
 from shared.queue.runpod import RunpodClient
 from shared.sdk._backends import Backend, HttpBackend, LocalBackend, ModalBackend, RunpodBackend
+
+if TYPE_CHECKING:
+    from shared.sdk._evals import AsyncEvals, AsyncSchedules, Evals, Schedules
 
 BackendName = Literal["http", "runpod", "modal", "local"]
 JobInput = Job | dict[str, Any] | list[dict[str, Any] | Item] | str | Path
@@ -183,6 +186,27 @@ class AsyncClient:
         key: everyone's)."""
         return await self._backend.list(status=status, limit=limit, after=after)
 
+    @property
+    def evals(self) -> AsyncEvals:
+        """Eval suites and runs through the API (shared/sdk/_evals.py): `put_suite`, `run`, `get_run`,
+        `cases`, `history`."""
+        from shared.sdk._evals import AsyncEvals
+
+        return AsyncEvals(self._http_backend("evals"))
+
+    @property
+    def schedules(self) -> AsyncSchedules:
+        """Scheduled eval runs through the API: `list`, `add`, `remove`."""
+        from shared.sdk._evals import AsyncSchedules
+
+        return AsyncSchedules(self._http_backend("schedules"))
+
+    def _http_backend(self, what: str) -> HttpBackend:
+        if not isinstance(self._backend, HttpBackend):
+            raise ConfigError(f"{what} go through the API: use the http backend (`llm-jobs serve`), not "
+                              f"{self.backend_name}")
+        return self._backend
+
     async def aclose(self) -> None:
         await self._backend.aclose()
 
@@ -191,6 +215,15 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def blocking_iter(portal: BlockingPortal, agen: AsyncIterator[Any]) -> Iterator[Any]:
+    """An async iterator read from a blocking caller, one item at a time through `portal`."""
+    while True:
+        try:
+            yield portal.call(agen.__anext__)
+        except StopAsyncIteration:
+            return
 
 
 class JobHandle:
@@ -208,21 +241,14 @@ class JobHandle:
         """`gap` events seen while streaming: read `results()` for what they skipped."""
         return self._job.gaps
 
-    def _iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
-        while True:
-            try:
-                yield self._portal.call(agen.__anext__)
-            except StopAsyncIteration:
-                return
-
     def stream(self) -> Iterator[Event]:
-        return self._iterate(self._job.stream())
+        return blocking_iter(self._portal, self._job.stream())
 
     def wait(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> FinalEvent:
         return self._portal.call(lambda: self._job.wait(timeout, raise_on_failure=raise_on_failure))
 
     def results(self, *, page_size: int = 500) -> Iterator[Result]:
-        return self._iterate(self._job.results(page_size=page_size))
+        return blocking_iter(self._portal, self._job.results(page_size=page_size))
 
     def status(self) -> dict[str, Any]:
         return self._portal.call(self._job.status)
@@ -254,6 +280,18 @@ class Client:
 
     def list(self, *, status: str | None = None, limit: int = 50, after: str | None = None) -> dict[str, Any]:
         return self._portal.call(lambda: self._async.list(status=status, limit=limit, after=after))
+
+    @property
+    def evals(self) -> Evals:
+        from shared.sdk._evals import Evals
+
+        return Evals(self._portal, self._async.evals)
+
+    @property
+    def schedules(self) -> Schedules:
+        from shared.sdk._evals import Schedules
+
+        return Schedules(self._portal, self._async.schedules)
 
     def close(self) -> None:
         try:

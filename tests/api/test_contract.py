@@ -23,7 +23,12 @@ def test_openapi_document_is_complete():
     assert set(paths) == {"/healthz", "/readyz", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/results",
                           "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel", "/v1/files", "/v1/files/{file_id}",
                           "/v1/files/{file_id}/content", "/v1/batches", "/v1/batches/{batch_id}",
-                          "/v1/batches/{batch_id}/cancel"}
+                          "/v1/batches/{batch_id}/cancel", "/v1/evals/suites", "/v1/evals/suites/{suite_id}",
+                          "/v1/evals/suites/{suite_id}/history", "/v1/evals/runs", "/v1/evals/runs/{run_id}",
+                          "/v1/evals/runs/{run_id}/cases", "/v1/schedules", "/v1/schedules/{schedule_id}"}
+    assert set(paths["/v1/evals/suites"]["post"]["requestBody"]["content"]) == {"application/yaml",
+                                                                                "application/json"}
+    assert {"scores", "regressions", "events_url"} <= set(doc["components"]["schemas"]["EvalRunView"]["properties"])
     submit = paths["/v1/jobs"]["post"]
     assert set(submit["requestBody"]["content"]) == {"application/json", "application/jsonl"}
     assert {"202", "200", "413", "422", "401", "403", "429"} <= set(submit["responses"])

@@ -57,7 +57,7 @@ async def tickers(stores, queue_url_token, settings, now):
 
 async def check_exactly_once(stores, upstash, queue) -> None:
     settings = Settings(_env_file=None)
-    rec = await keep_suite(stores[0], SUITE, "alice")
+    rec, _ = await keep_suite(stores[0], SUITE, "alice")
     await stores[0].add_schedule(ScheduleRecord(id="nightly", owner="alice", suite_id=rec.id, cron="0 3 * * *"))
     await stores[0].add_schedule(ScheduleRecord(id="paused", suite_id=rec.id, cron="* * * * *", enabled=False))
     # the schedule was made before the first slot (made "now" by the store): tick a day later, and the day after
@@ -110,7 +110,7 @@ async def test_a_slot_claimed_by_a_worker_that_died_before_submitting_is_submitt
     redis_server.flush()
     store = SQLiteStore(tmp_path / "jobs.db")
     queue = make_queue(upstash)
-    rec = await keep_suite(store, SUITE, None)
+    rec, _ = await keep_suite(store, SUITE, None)
     await store.add_schedule(ScheduleRecord(id="n", suite_id=rec.id, cron="0 3 * * *",
                                             created_at=T - timedelta(days=5)))
     slot = T + timedelta(days=1)

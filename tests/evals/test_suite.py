@@ -101,6 +101,10 @@ def test_hostile_files_are_refused_with_a_reason():
     assert "mapping" in issues("- just\n- a list\n")[0][2]
     assert "over" in issues("#" * (MAX_SUITE_BYTES + 1))[0][2]
     assert "empty" in issues("")[0][2]
+    # control characters (the API's fuzzing sent a NUL) and nesting past the parser's depth
+    assert "unacceptable character #x0000" in issues("\x00")[0][2]
+    assert "nested too deeply" in issues("[" * 5000)[0][2]
+    assert "nested too deeply" in issues("{a: " * 3000)[0][2]
     # a remote $ref would make the worker fetch a URL
     remote = GOOD.replace("{type: integer}", "{$ref: 'https://example.com/x.json'}")
     assert any("response_format" in f for _, f, _ in issues(remote))

@@ -11,6 +11,7 @@ credentials.py. An owner sees only their own jobs, files and batches: tenancy.py
     GET  /v1/jobs/{id}/results       ?after=&limit=&format=ours|openai, paginated by custom_id
     GET  /v1/jobs/{id}/events        Server-Sent Events; Last-Event-ID resumes; ends after `final`
     POST /v1/jobs/{id}/cancel
+    /v1/evals/suites, /v1/evals/runs, /v1/schedules: eval suites, runs and schedules (eval_routes.py)
     GET  /                           the web page (web.py; static files in shared/server/web/)
     GET  /healthz                    the process is up
     GET  /readyz                     the store and the dispatcher answer: {"ready": bool}; the details
@@ -79,7 +80,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None,
     app = _routes_only(lifespan)
     app.state.llm_jobs = state
     if settings.cors_origin_list:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
+                           allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
                            expose_headers=["Retry-After", "X-RateLimit-Remaining"])
     return app
@@ -91,6 +93,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _routes_only(lifespan: Any = None) -> FastAPI:
+    from shared.server.api.eval_routes import evals, schedules
     from shared.server.api.openai_routes import batches, files
     from shared.server.api.routes import health, jobs
     from shared.server.api.web import web
@@ -103,6 +106,8 @@ def _routes_only(lifespan: Any = None) -> FastAPI:
     app.include_router(jobs)
     app.include_router(files)  # OpenAI's Files and Batches API (shared/server/api/openai_routes.py)
     app.include_router(batches)
+    app.include_router(evals)  # eval suites, runs and schedules (shared/server/api/eval_routes.py)
+    app.include_router(schedules)
     app.include_router(web)  # the web page at / (shared/server/api/web.py)
     app.openapi = lambda: _openapi(app)
     return app

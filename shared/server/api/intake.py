@@ -16,8 +16,9 @@ or short C calls: documents are decoded element by element (`shared/contracts/js
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio import to_thread
@@ -28,6 +29,8 @@ from shared.contracts.jsontext import JsonProblem, decode_utf8, loads_document
 from shared.contracts.models import Job, JobOptions, new_job_id
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings
+
+T = TypeVar("T")
 
 
 def is_jsonl(content_type: str) -> bool:
@@ -82,9 +85,12 @@ class Intake:
         self._slots = anyio.CapacityLimiter(settings.validation_concurrency)
 
     async def parse(self, raw: bytes, content_type: str, *, job_id: str | None, strict: bool) -> Job | FileJob:
-        return await to_thread.run_sync(lambda: parse_body(raw, content_type, self.limits, job_id=job_id,
-                                                           strict=strict, timeout_s=self.timeout_s),
-                                        limiter=self._slots)
+        return await self.run(lambda: parse_body(raw, content_type, self.limits, job_id=job_id, strict=strict,
+                                                 timeout_s=self.timeout_s))
+
+    async def run(self, check: Callable[[], T]) -> T:
+        """`check()` in a worker thread, when one of the slots is free (a suite's validation, say)."""
+        return await to_thread.run_sync(check, limiter=self._slots)
 
 
 def intake_of(app_state: Any, settings: Settings, limits: Limits) -> Intake:
