@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from handler.runner import run_job
 from shared.contracts.errors import InputError, Issue, ItemFailure, LLMJobsError
 from shared.contracts.events import ChunkEvent, ErrorEvent, FinalEvent, Outcome
+from shared.contracts.inputs import issues_of
 from shared.contracts.models import Job, JobStatus, Result
 from shared.contracts.owners import scoped_id
 from shared.contracts.shards import ShardRef
@@ -224,6 +225,28 @@ async def all_scores(store: Store, run_id: str) -> list[CaseScore]:
 
 
 
+async def report_inputs(store: Store, run_id: str, history: int
+                        ) -> tuple[RunRecord, list[RunRecord], list[CaseResult], Suite | None] | None:
+    """What a run's report shows (shared/evals/report.py): the run, its suite's `history - 1` runs before it
+    oldest first, its case results, and the suite version it ran; None when the store has no such run."""
+    run = await store.get_run(run_id)
+    if run is None:
+        return None
+    earlier = await store.list_runs(run.suite_id, limit=history - 1, before=run.id) if history > 1 else []
+    results: list[CaseResult] = []
+    after: str | None = None
+    while page := await store.case_results(run.id, after=after, limit=PAGE):
+        results += page
+        after = page[-1].case_id
+    try:
+        suite = await load_suite(store, run.suite_id, run.version)
+    except ValueError as e:  # a version stored by another release that no longer reads: report without it
+        log.warning("eval run %s: its suite version %s could not be read (%s): no grading scale", run_id,
+                    run.version, e)
+        suite = None
+    return run, list(reversed(earlier)), results, suite
+
+
 async def ended(hook: EvalHook | None, final: FinalEvent | None) -> None:
     """The run's end, when `final` is its job's (a shard that did not end the job passes None). Never raises:
     the job has ended whatever happens here, and a later `finish` (the CLI, the API) can record it."""
@@ -302,5 +325,5 @@ async def open_run(store: Store, suite: Suite, *, owner: str | None = None, mode
     try:  # a job of every case: off the event loop
         job = await asyncio.to_thread(suite_at.job, run.job_id, model=run.model, metadata=meta)
     except ValidationError as e:  # the model named for the run, say
-        raise InputError([Issue(err["msg"], field=".".join(map(str, err["loc"]))) for err in e.errors()]) from None
+        raise InputError(issues_of(e)) from None
     return run, job.model_copy(update={"owner": owner})

@@ -1,4 +1,5 @@
-"""`llm-jobs eval run | history`: run an eval suite on the engine here, score it, compare it with a baseline.
+"""`llm-jobs eval run | history | report`: run an eval suite on the engine here, score it, compare it with a
+baseline, list a suite's runs, and write a run's report (one HTML file).
 
 `eval run` exits 0 when the run has no regression against its baseline, 4 when it has one (for CI),
 2 for a suite that cannot run (every problem listed, with its case, field and line), 1 when the
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -35,6 +38,7 @@ from shared.contracts.owners import scoped_id
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings, get_settings
 from shared.evals.regress import Regressions
+from shared.evals.report import render_report
 from shared.evals.scoring import RunScores
 from shared.evals.suite import Suite, parse_suite
 from shared.stores import describe_store, open_store
@@ -231,3 +235,35 @@ def history(
                       "" if kappa is None else f"{kappa:.3f}",
                       "" if regressed is None else ("yes" if regressed.any else "no"))
     out.print(table)
+
+
+@eval_app.command("report")
+def report(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run's id, as stored.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", dir_okay=False,
+                                                help="The HTML file to write (default: RUN.report.html, "
+                                                     "here).")] = None,
+    history: Annotated[int, typer.Option(min=1, max=1000, help="Runs in the pass-rate chart, ending at this "
+                                                               "one.")] = 30,
+) -> None:
+    """Write RUN's report: one self-contained HTML file (no scripts, no network) with its scores, the suite's
+    pass rate over its runs, each assertion, the grading confusion matrix and the failed cases."""
+    settings = get_settings()
+    from handler.evals import report_inputs  # the suite as the run ran it
+
+    parts = on_store(lambda store: report_inputs(store, run_id, history))
+    if parts is None:
+        err.print(f"[bold red]error:[/] no eval run '{escape(run_id)}' in {describe_store(settings)}")
+        raise typer.Exit(EXIT_INVALID_INPUT)
+    run_rec, earlier, results, suite = parts
+    html = render_report(run_rec, earlier, results, suite, generated_at=datetime.now(UTC))
+    path = output or Path(f"{run_id}.report.html")
+    try:
+        path.write_text(html, encoding="utf-8")
+    except OSError as e:
+        err.print(f"[bold red]error:[/] cannot write {escape(str(path))}: {escape(str(e))}")
+        raise typer.Exit(EXIT_INVALID_INPUT) from e
+    if run_rec.scores is None:
+        err.print(f"[yellow]run {escape(run_id)} has not finished ({run_rec.status.value}): the report shows what is "
+                  "stored so far[/]")
+    typer.echo(str(path))

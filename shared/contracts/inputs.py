@@ -40,7 +40,8 @@ from shared.contracts.prepare import (
 )
 
 
-def _issues(e: ValidationError, *, index: int | None = None, line: int | None = None) -> list[Issue]:
+def issues_of(e: ValidationError, *, index: int | None = None, line: int | None = None) -> list[Issue]:
+    """Each of a ValidationError's errors as an Issue naming its field (dotted: `sampling.temperature`)."""
     out = []
     for err in e.errors():
         field = ".".join(str(p) for p in err["loc"])
@@ -117,7 +118,7 @@ def parse_job_document(doc: Any, *, options: dict[str, Any] | None = None, **che
     try:
         rejected = [Rejection.model_validate(r) for r in doc.pop("rejected", None) or []]
     except ValidationError as e:
-        raise InputError(_issues(e)) from e
+        raise InputError(issues_of(e)) from e
     return _parse_rows([(None, it) for it in raw_items], {**doc, **(options or {})}, rejected=rejected, **checks)
 
 
@@ -129,7 +130,7 @@ def parse_job_options(doc: dict[str, Any], *, limits: Limits = Limits(), served_
     try:
         opts = JobOptions.model_validate(doc)
     except ValidationError as e:
-        raise InputError(_issues(e)) from e
+        raise InputError(issues_of(e)) from e
     RequestBuilder(opts, limits, served_models, any_model=any_model)  # job-level problems: InputError
     return opts
 
@@ -150,7 +151,7 @@ def _parse_rows(
     try:
         job_opts = JobOptions.model_validate(opts)
     except ValidationError as e:
-        raise InputError(_issues(e)) from e
+        raise InputError(issues_of(e)) from e
     earlier = rejected or []
     if not rows and not earlier:
         raise InputError([Issue("the job has no items", field="items")])
@@ -222,7 +223,7 @@ def _check_item(value: Any, builder: RequestBuilder, index: int, line: int | Non
     try:
         item = Item.model_validate(value)
     except ValidationError as e:
-        return _issues(e, index=index, line=line)[0]
+        return issues_of(e, index=index, line=line)[0]
 
     try:
         return item, builder.build(item)

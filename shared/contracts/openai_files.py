@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from shared.contracts.errors import InputError, Issue
 from shared.contracts.files import FileRecord
-from shared.contracts.inputs import _check_item, _issues
+from shared.contracts.inputs import _check_item, issues_of
 from shared.contracts.jsontext import JsonProblem, decode_utf8, loads_line
 from shared.contracts.models import Item, JobRecord, JobStatus, Rejection
 from shared.contracts.prepare import RequestBuilder
@@ -306,7 +306,7 @@ def check_line(raw: bytes | None, line: int, index: int, builder: RequestBuilder
         try:
             return Item.model_validate(value)
         except ValidationError as e:
-            return _refused(custom_id, index, _issues(e, index=index, line=line)[0])
+            return _refused(custom_id, index, issues_of(e, index=index, line=line)[0])
     checked = _check_item(value, builder, index, line)
     if isinstance(checked, Issue):
         return _refused(custom_id, index, checked)

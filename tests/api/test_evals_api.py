@@ -123,10 +123,20 @@ def test_a_run_is_scored_compared_with_its_baseline_and_listed_in_history(api):
         older = alice.get("/v1/evals/suites/capitals/history", params={"before": "r2"}).json()
         assert [v["id"] for v in older["data"]] == ["r1"] and older["next_before"] is None
 
+        report = alice.get("/v1/evals/runs/r2/report")
+        assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+        assert "default-src 'none'" in report.headers["content-security-policy"]
+        assert "r2" in report.text and "q02" in report.text and "Rome" in report.text
+        assert bob.get("/v1/evals/runs/r2/report").status_code == 404
+
         assert bob.get("/v1/evals/runs/r1").status_code == 404
         assert bob.get("/v1/evals/runs/r1/cases").status_code == 404
         missing = bob.post("/v1/evals/runs", json={"suite": "capitals"})
         assert missing.status_code == 422 and missing.json()["detail"][0]["field"] == "suite"
+        not_json = alice.post("/v1/evals/runs", content=b"\xff{", headers={"Content-Type": "application/json"})
+        assert not_json.status_code == 422
+        huge = alice.post("/v1/evals/runs", json={"suite": "capitals", "git_rev": "x" * 100_000})
+        assert huge.status_code == 413
         unknown_base = alice.post("/v1/evals/runs", json={"suite": "capitals", "baseline": "nope"})
         assert unknown_base.status_code == 422 and unknown_base.json()["detail"][0]["field"] == "baseline"
     with api.as_(ADMIN) as admin:  # an admin sees the stored ids, and may run an owner's suite as theirs
