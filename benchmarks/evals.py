@@ -1,6 +1,7 @@
 """Evaluation suites: scoring throughput, and an eval run's throughput against the same job unscored.
 
-    python -m benchmarks.evals [--cases 2000] [--results 10000] [--rounds 3] [--latency-s 0.05] [--capacity 32]
+    python -m benchmarks.evals [--cases 2000] [--results 10000] [--chunk 10] [--rounds 3] [--latency-s 0.05]
+                               [--capacity 32]
 
 The suite is built in code as YAML and read with `parse_suite`: `--cases` Catalan grading cases (an
 essay in `fields`, `expected: {nota, feedback}`), the suite's `is_json` and `json_schema` (its
@@ -9,9 +10,12 @@ and `rouge_l` and `chrf` on `$.feedback` against `expected.feedback`. The output
 `{"nota", "feedback"}` with a Catalan feedback of 20-40 words, drawn from a few templates with a
 seeded RNG; some are not JSON, some miss the schema, some echo a phone number.
 
-1. Scoring: `--results` results through `score_case` (the cases in turn), with the rules only and
-   with the rules + ROUGE-L + chrF; then `summarize` over the scores. Single process, single thread;
-   warmed up first (rouge_score imports nltk on its first use). Target: at least 5,000 results/s.
+1. Scoring: `--results` results (the cases in turn) through `score_cases`, `--chunk` at a time (default:
+   a job's chunk size), as the eval hook scores each stored chunk, with the rules only, with the rules +
+   ROUGE-L, and with the rules + ROUGE-L + chrF (a chunk's chrF counted in one pass); then the last
+   through `score_case`, one result at a time (the same scores), and `summarize` over the scores.
+   Single process, single thread; warmed up first (rouge_score imports nltk on its first use). Target:
+   at least 5,000 results/s with ROUGE-L and chrF.
 2. A run: the same `--cases` items on the fake engine (testkit/fake_gpu.py: `--capacity` requests at
    once, `--latency-s` each) with a SQLite store, chunk_size 10, run twice per round in one process:
    the plain job (`run_job` with the store), and the eval run (`open_run`, `EvalHook.for_work`,
@@ -39,8 +43,9 @@ from handler.runner import run_job
 from shared.contracts.events import FinalEvent
 from shared.contracts.models import Result
 from shared.contracts.prepare import Request
+from shared.contracts.settings import DEFAULTS
 from shared.evals.checks import OVERLAP
-from shared.evals.scoring import score_case, summarize
+from shared.evals.scoring import score_case, score_cases, summarize
 from shared.evals.suite import Suite, parse_suite
 from shared.stores.sqlite import SQLiteStore
 from testkit.fake_gpu import FakeGpu
@@ -123,19 +128,28 @@ def without(suite: Suite, dropped: set[str]) -> Suite:
         a for a in c.assert_ if a.type not in dropped]}) for c in suite.cases]})
 
 
-def bench_scoring(suite: Suite, answers: dict[str, str], n: int) -> dict[str, float]:
+def bench_scoring(suite: Suite, answers: dict[str, str], n: int, chunk: int) -> dict[str, float]:
+    """results/s through `score_cases` (what the eval hook calls on each stored chunk), `chunk` results at a
+    time, per set of assertions; and the full set through `score_case`, one result at a time."""
     pairs = [(suite.cases[i % len(suite.cases)], answers[suite.cases[i % len(suite.cases)].id]) for i in range(n)]
     results = [Result(custom_id=c.id, status="ok", text=t) for c, t in pairs]
-    for (case, _), r in zip(pairs[:200], results[:200], strict=True):  # warm-up: nltk, the caches
-        score_case(suite, case, r)
+    for i in range(0, 200, chunk):  # warm-up: nltk, the caches
+        score_cases(suite, [(pairs[j][0], results[j], None) for j in range(i, min(i + chunk, n))])
     out: dict[str, float] = {}
     modes = (("rules only", without(suite, set(OVERLAP))), ("rules + ROUGE-L", without(suite, {"chrf"})),
              ("rules + ROUGE-L + chrF", suite))
     for name, s in modes:
         by_id = {c.id: c for c in s.cases}
         t0 = time.perf_counter()
-        scores = [score_case(s, by_id[r.custom_id], r) for r in results]
+        scores = []
+        for i in range(0, n, chunk):  # as EvalHook._score: the chunk's (case, result, facts), then score_cases
+            scores += score_cases(s, [(by_id[r.custom_id], r, None) for r in results[i:i + chunk]])
         out[name] = n / (time.perf_counter() - t0)
+    by_id = {c.id: c for c in suite.cases}
+    t0 = time.perf_counter()
+    one_by_one = [score_case(suite, by_id[r.custom_id], r) for r in results]
+    out["one by one"] = n / (time.perf_counter() - t0)
+    assert one_by_one == scores  # the same scores, batched or not
     t0 = time.perf_counter()
     summary = summarize(suite, scores)
     out["summarize_s"] = time.perf_counter() - t0
@@ -204,6 +218,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="plain job + eval run pairs, the order alternating")
     ap.add_argument("--latency-s", type=float, default=0.05, help="the fake engine's time per request")
     ap.add_argument("--capacity", type=int, default=32, help="the fake engine's requests at once")
+    ap.add_argument("--chunk", type=int, default=DEFAULTS.default_chunk_size,
+                    help="results scored together (default: a job's chunk size, DEFAULT_CHUNK_SIZE)")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
 
@@ -216,11 +232,13 @@ def main() -> None:
     print(f"suite: {args.cases} Catalan cases, {n_asserts} assertions each (is_json, json_schema, icontains, regex,"
           f" not_icontains, rouge_l, chrf), parsed in {parse_s:.2f} s; CPU, one process, one thread")
 
-    sc = bench_scoring(suite, answers, args.results)
-    print(f"\nscoring {args.results} results with score_case (case pass rate {sc['pass_rate']:.2f})")
+    sc = bench_scoring(suite, answers, args.results, args.chunk)
+    print(f"\nscoring {args.results} results with score_cases, {args.chunk} at a time as the eval hook scores a"
+          f" stored chunk (case pass rate {sc['pass_rate']:.2f})")
     print(f"{'assertions':<26}{'results/s':>11}")
     for name in ("rules only", "rules + ROUGE-L", "rules + ROUGE-L + chrF"):
         print(f"{name:<26}{sc[name]:>11.0f}")
+    print(f"{'the same, one at a time':<26}{sc['one by one']:>11.0f}  (score_case: chrF counted pair by pair)")
     print(f"summarize over {args.results} scores: {sc['summarize_s'] * 1000:.0f} ms")
 
     rows = asyncio.run(bench_runs(suite, answers, args))

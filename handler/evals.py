@@ -32,7 +32,7 @@ from shared.evals.checks import Facts, Verdict, reference
 from shared.evals.judge import JUDGE_FORMAT, judge_messages, verdict_of
 from shared.evals.records import CaseResult, RunRecord, SuiteRecord, new_run_id
 from shared.evals.regress import Regressions, compare
-from shared.evals.scoring import CaseScore, RunScores, score_case, summarize
+from shared.evals.scoring import CaseScore, RunScores, score_cases, summarize
 from shared.evals.suite import Case, Suite
 from shared.stores.base import Store, retrying
 
@@ -98,12 +98,9 @@ class EvalHook:
         return cls(store, run, suite, retry_s=retry_s, engine=engine)
 
     def _score(self, results: Sequence[Result], facts: dict[str, Facts]) -> list[CaseResult]:
-        out = []
-        for r in results:
-            case = self.cases.get(r.custom_id)
-            if case is not None:
-                out.append(case_result(self.run.id, score_case(self.suite, case, r, facts.get(r.custom_id)), r))
-        return out
+        known = [(self.cases[r.custom_id], r, facts.get(r.custom_id)) for r in results if r.custom_id in self.cases]
+        return [case_result(self.run.id, score, r) for score, (_, r, _) in
+                zip(score_cases(self.suite, known), known, strict=True)]
 
     async def scored(self, results: Sequence[Result]) -> int:
         """Score a stored chunk's results and keep them; how many were new. Never raises."""

@@ -26,10 +26,10 @@ the eval run and handed in as `Facts`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jsonpath
 import regex
@@ -38,6 +38,7 @@ from referencing.exceptions import Unresolvable
 
 from shared.contracts.models import Result
 from shared.contracts.prepare import Limits, SchemaError, schema_problem, schema_validator
+from shared.evals import quickschema
 from shared.evals import text as metrics
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ JSON = {"is_json", "json_schema", "json_path"}
 OVERLAP = {"rouge_l", "chrf"}
 FACTS = {"finish_reason", "latency_ms"}
 MODEL = {"llm_rubric", "perplexity"}
+#: those that look at the engine's facts, not at the output's text (no `path` into it)
+_ENGINE = MODEL | FACTS
 ASSERTION_TYPES = TEXT | JSON | OVERLAP | FACTS | MODEL
 #: those `not_` may invert
 NEGATABLE = TEXT | JSON
@@ -72,6 +75,36 @@ class Outcome(BaseModel):
     #: what was measured (a ROUGE-L, a distance, a latency, a perplexity), where there is a number
     value: float | None = None
     reason: str = ""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def trusted(cls: type[M], fields: set[str], values: dict[str, Any]) -> M:
+    """`cls.model_construct(fields, **values)` for `values` that name every field of `cls` (a plain model: no
+    extra, no private attributes) with a value of its type already: no validation, and not pydantic's
+    per-field loop either. Scoring makes an Outcome for each assertion of each result and a CaseScore for
+    each result: validating them took longer than most assertions, and a fields set of their own (here
+    `fields`, shared: it holds every field, so setting one leaves it as it is) was one more object each
+    for the garbage collector to walk (tests/evals/test_score_cases.py: they equal the validated ones)."""
+    m = object.__new__(cls)
+    object.__setattr__(m, "__dict__", values)
+    object.__setattr__(m, "__pydantic_fields_set__", fields)
+    object.__setattr__(m, "__pydantic_extra__", None)
+    object.__setattr__(m, "__pydantic_private__", None)
+    return m
+
+
+_OUTCOME_FIELDS = set(Outcome.model_fields)
+
+
+def outcome(type: str, metric: str, passed: bool, score: float, weight: float, value: float | None,
+            reason: str) -> Outcome:
+    """`Outcome(...)` with every field, from values of its types (a number may be an int: it is made a float,
+    as validation makes it), built `trusted`."""
+    return trusted(Outcome, _OUTCOME_FIELDS, {
+        "type": type, "metric": metric, "passed": bool(passed), "score": float(score), "weight": float(weight),
+        "value": None if value is None else float(value), "reason": reason})
 
 
 @dataclass(frozen=True)
@@ -240,22 +273,43 @@ def reference(a: Assertion, expected: Any) -> Any:
     return expected
 
 
+def overlap_texts(a: Assertion, out: Output, expected: Any) -> tuple[str, str] | None:
+    """The (output, reference) texts a `rouge_l` or `chrf` assertion measures; None where `check` measures
+    nothing (no output, its path finds nothing, nothing to compare with)."""
+    if out.text is None:
+        return None
+    subject: Any = out.text
+    if a.path is not None:
+        subject = _find(a.path, out.json)
+        if subject is _MISSING:
+            return None
+    ref = reference(a, expected)
+    return None if ref is None else (_text(subject), _text(ref))
+
+
+def _overlap(a: Assertion, base: str, score: float, done: Callable[..., Outcome]) -> Outcome:
+    bound = a.threshold if a.threshold is not None else DEFAULT_THRESHOLD[base]
+    return done(score >= bound, score, f"{base} {score:.3f} (at least {bound:g})", score)
+
+
 def check(a: Assertion, index: int, out: Output, expected: Any, facts: Facts = Facts(),
-          response_format: dict[str, Any] | None = None) -> Outcome:
-    """One assertion against one output."""
+          response_format: dict[str, Any] | None = None, measured: float | None = None) -> Outcome:
+    """One assertion against one output. `measured`: a `rouge_l` or `chrf` assertion's overlap, measured
+    already (with the batch's: `overlap_texts`, shared/evals/scoring.py `score_cases`)."""
     base, negated = a.type.removeprefix("not_"), a.type.startswith("not_")
 
     def done(passed: bool, score: float, reason: str = "", value: float | None = None) -> Outcome:
         if negated:
             passed, score = not passed, 1.0 - score
-        return Outcome(type=a.type, metric=a.name, passed=passed, score=round(score, 6), weight=a.weight,
-                       value=value, reason=reason)
+        return outcome(a.type, a.name, passed, round(score, 6), a.weight, value, reason)
 
+    if measured is not None and base in OVERLAP:  # its output and reference were found: `overlap_texts`
+        return _overlap(a, base, measured, done)
     if out.text is None:
         return Outcome(type=a.type, metric=a.name, passed=False, score=0.0, weight=a.weight,
                        reason=f"no output ({out.error or 'no text'})")
     subject: Any = out.text
-    if a.path is not None and base not in MODEL | FACTS:
+    if a.path is not None and base not in _ENGINE:
         subject = _find(a.path, out.json)
         if subject is _MISSING:
             why = "the output is not JSON" if out.json is _MISSING else f"{a.path} finds nothing in the output"
@@ -296,16 +350,15 @@ def check(a: Assertion, index: int, out: Output, expected: Any, facts: Facts = F
             return done(False, 0.0, "the output is not JSON")
         schema = a.value if a.value is not None else response_format["json_schema"]["schema"]  # type: ignore[index]
         validator, doc = _validator(schema), subject if a.path else out.json
-        if validator.is_valid(doc):
+        if quickschema.valid(schema, doc) or validator.is_valid(doc):
             return done(True, 1.0)
         return done(False, 0.0, next(iter(validator.iter_errors(doc))).message[:200])
     if base == "json_path":
         ok = a.value is None or subject == a.value
         return done(ok, float(ok), "" if ok else f"{a.path} is {_text(subject)[:200]}")
     if base in OVERLAP:
-        score = (metrics.rouge_l if base == "rouge_l" else metrics.chrf)(_text(subject), _text(ref))
-        bound = a.threshold if a.threshold is not None else DEFAULT_THRESHOLD[base]
-        return done(score >= bound, score, f"{base} {score:.3f} (at least {bound:g})", score)
+        return _overlap(a, base, (metrics.rouge_l if base == "rouge_l" else metrics.chrf)(_text(subject), _text(ref)),
+                        done)
     if base == "finish_reason":
         ok = out.finish_reason == a.value
         return done(ok, float(ok), "" if ok else f"finished with {out.finish_reason!r}")

@@ -8,14 +8,26 @@ asks for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
 from shared.contracts.models import Result, ResultStatus
+from shared.evals import text as metrics
 from shared.evals.agreement import Agreement, agreement
-from shared.evals.checks import _MISSING, DEFAULT_THRESHOLD, Facts, Outcome, Output, _find, check
+from shared.evals.checks import (
+    _MISSING,
+    DEFAULT_THRESHOLD,
+    OVERLAP,
+    Facts,
+    Outcome,
+    Output,
+    _find,
+    check,
+    overlap_texts,
+    trusted,
+)
 from shared.evals.suite import Case, Suite
 
 
@@ -29,6 +41,9 @@ class CaseScore(BaseModel):
     expected_label: float | None = None
     #: the item's error, when it failed
     error: str | None = None
+
+
+_CASE_SCORE_FIELDS = set(CaseScore.model_fields)
 
 
 class MetricStats(BaseModel):
@@ -79,9 +94,35 @@ def labels_of(suite: Suite, case: Case, out: Output) -> tuple[float | None, floa
 
 
 def score_case(suite: Suite, case: Case, result: Result, facts: Facts | None = None) -> CaseScore:
-    out = Output.of(result)
-    facts = facts or Facts()
-    outcomes = [check(a, i, out, case.expected, facts, suite.response_format)
+    """A case's score from its result (`score_cases` of one)."""
+    return score_cases(suite, [(case, result, facts)])[0]
+
+
+def _overlaps(suite: Suite, items: Sequence[tuple[Case, Output]]) -> dict[tuple[int, int], float]:
+    """The ROUGE-L and chrF of the items' `rouge_l` and `chrf` assertions, by (item, assertion index): chrF
+    counted for all of them at once."""
+    todo: dict[str, list[tuple[tuple[int, int], tuple[str, str]]]] = {"rouge_l": [], "chrf": []}
+    for k, (case, out) in enumerate(items):
+        for i, a in enumerate(suite.assertions(case)):
+            if a.type in OVERLAP and (texts := overlap_texts(a, out, case.expected)) is not None:
+                todo[a.type].append(((k, i), texts))
+    rouge = [metrics.rouge_l(*texts) for _, texts in todo["rouge_l"]]
+    chrf = metrics.chrf_many([texts for _, texts in todo["chrf"]])
+    return dict(zip([at for at, _ in todo["rouge_l"] + todo["chrf"]], rouge + chrf, strict=True))
+
+
+def score_cases(suite: Suite, items: Sequence[tuple[Case, Result, Facts | None]]) -> list[CaseScore]:
+    """Each (case, result, facts)'s score (a stored chunk's, say), with the batch's ROUGE-L and chrF
+    measured together (shared/evals/chrf.py counts the chrF of many pairs in one pass)."""
+    outs = [Output.of(result) for _, result, _ in items]
+    measured = _overlaps(suite, [(case, out) for (case, _, _), out in zip(items, outs, strict=True)])
+    return [_score(suite, k, case, out, result, facts or Facts(), measured)
+            for k, ((case, result, facts), out) in enumerate(zip(items, outs, strict=True))]
+
+
+def _score(suite: Suite, k: int, case: Case, out: Output, result: Result, facts: Facts,
+           measured: dict[tuple[int, int], float]) -> CaseScore:
+    outcomes = [check(a, i, out, case.expected, facts, suite.response_format, measured.get((k, i)))
                 for i, a in enumerate(suite.assertions(case))]
     weight = sum(o.weight for o in outcomes)
     if outcomes:
@@ -91,8 +132,9 @@ def score_case(suite: Suite, case: Case, result: Result, facts: Facts | None = N
         passed = result.status == ResultStatus.ok
         score = float(passed)
     label, expected = labels_of(suite, case, out)
-    return CaseScore(case_id=case.id, passed=passed, score=round(score, 6), outcomes=outcomes, label=label,
-                     expected_label=expected, error=out.error)
+    return trusted(CaseScore, _CASE_SCORE_FIELDS, {  # the values have the fields' types: checks.py `trusted`
+        "case_id": case.id, "passed": passed, "score": round(score, 6), "outcomes": outcomes, "label": label,
+        "expected_label": expected, "error": out.error})
 
 
 def summarize(suite: Suite, scores: Iterable[CaseScore]) -> RunScores:

@@ -1,5 +1,5 @@
 """Text metrics that treat Catalan (and any language) correctly: ROUGE-L over a Unicode tokenizer,
-chrF from sacrebleu, and edit distance.
+chrF as sacrebleu computes it (counted in batches: shared/evals/chrf.py), and edit distance.
 
 rouge_score's default tokenizer lower-cases and then keeps only [a-z0-9]: "àvia" becomes "via",
 "és" becomes "s". Here a token is a run of Unicode letters and digits (NFC, case-folded), with
@@ -10,7 +10,6 @@ Catalan's middle dot kept inside a word ("col·legi") and apostrophes splitting 
 from __future__ import annotations
 
 import unicodedata
-from collections import Counter
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -18,8 +17,12 @@ import regex
 from rapidfuzz.distance import LCSseq, Levenshtein
 from sacrebleu.metrics import CHRF
 
+from shared.evals.chrf import chrf, chrf_many
+
 if TYPE_CHECKING:
     from rouge_score.rouge_scorer import RougeScorer
+
+__all__ = ["chrf", "chrf_many", "chrf_reference", "levenshtein", "rouge_l", "rouge_l_reference", "tokens"]
 
 # letters and digits (any script), with a middle dot (U+00B7) or a raised one (U+2027, U+0387) between two
 # letters kept inside the word
@@ -68,48 +71,12 @@ def rouge_l(candidate: str, reference: str) -> float:
     return 2.0 * lcs / (len(cand) + len(ref))  # 2PR / (P + R), P = lcs / |cand|, R = lcs / |ref|
 
 
-_CHRF = CHRF()  # chrF (character 6-grams, beta 2), sacrebleu's defaults
-_ORDER = _CHRF.char_order
-
-
-@lru_cache(maxsize=512)
-def _slices(length: int) -> list[slice]:
-    """Every character n-gram's place in a line of `length`, n = 1.._ORDER (kept: lines repeat lengths)."""
-    return [slice(i, i + n) for n in range(1, _ORDER + 1) for i in range(length - n + 1)]
-
-
-def _ngrams(text: str) -> tuple[Counter[str], int]:
-    """All the character n-grams of `text` (whitespace removed, as sacrebleu's chrF does), counted in one
-    Counter, and the line's length."""
-    line = "".join(text.split())
-    return Counter(map(line.__getitem__, _slices(len(line)))), len(line)
-
-
-@lru_cache(maxsize=4096)
-def _reference_ngrams(reference: str) -> tuple[Counter[str], int]:
-    return _ngrams(reference)
+_SACREBLEU = CHRF()  # chrF (character 6-grams, beta 2), sacrebleu's defaults
 
 
 def chrf_reference(candidate: str, reference: str) -> float:
-    """chrF from sacrebleu's `sentence_score`, 0..1: what `chrf` is checked against."""
-    return float(_CHRF.sentence_score(candidate, [reference]).score) / 100.0
-
-
-def chrf(candidate: str, reference: str) -> float:
-    """chrF, 0..1, equal to sacrebleu's `sentence_score` (tests/evals/test_checks.py) and about 2.5x
-    faster: the n-grams of every order are counted in one Counter with C-level slicing, only the n-grams
-    both sides share are compared, each reference's n-grams are kept, and sacrebleu computes the
-    F-score from the same (hyp, ref, match) counts per order."""
-    hyp, length = _ngrams(candidate)
-    ref, ref_length = _reference_ngrams(reference)
-    match = [0] * (_ORDER + 1)
-    for gram in hyp.keys() & ref.keys():
-        match[len(gram)] += min(hyp[gram], ref[gram])
-    stats: list[int] = []
-    for n in range(1, _ORDER + 1):
-        in_ref = max(ref_length - n + 1, 0)
-        stats += [max(length - n + 1, 0) if in_ref else 0, in_ref, match[n]]
-    return float(_CHRF._compute_f_score(stats)) / 100.0
+    """chrF from sacrebleu's `sentence_score`, 0..1: what `chrf` and `chrf_many` are checked against."""
+    return float(_SACREBLEU.sentence_score(candidate, [reference]).score) / 100.0
 
 
 def levenshtein(a: str, b: str) -> int:
