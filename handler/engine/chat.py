@@ -8,6 +8,11 @@ from the prompt, the template does not take the system role, and from then on th
 folded into the next user turn (Gemma's own advice), separated by a blank line. An item whose
 messages the template still refuses with a system message in them is folded and rendered once
 more; a refusal that folding does not cure fails that item alone (`invalid_item`).
+
+A model without a chat template (a base model) serves prompts, as vLLM's `/v1/completions` does:
+an item's own text (`prompt`, or `fields` through the job's template; `Request.plain`) is encoded as
+it is, after the job's system text and a blank line. Chat messages sent to it fail their item
+(`invalid_item`). Whether the model has a template is decided once, when the engine starts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ log = logging.getLogger(__name__)
 #: the system text of the probe; a template that takes the role puts it in the prompt
 _PROBE = "llm-jobs: probe of the system role"
 _SEPARATOR = "\n\n"
+NO_TEMPLATE = "this model has no chat template: send a prompt (`prompt`, or a /v1/completions line), not messages"
 
 Messages = Sequence[dict[str, str]]
 
@@ -67,6 +73,10 @@ class ChatPrompts:
         self._tokenizer = tokenizer
         #: does the template take the system role, by template (so a changed template is probed again)
         self._takes_system: dict[str, bool] = {}
+        #: False for a model without a chat template: it takes plain text only
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        if not self.has_template:
+            log.info("the model has no chat template: it serves prompts (completions); chat messages fail their item")
 
     def takes_system(self) -> bool:
         """Whether the current chat template renders a system message (probed once per template)."""
@@ -75,9 +85,17 @@ class ChatPrompts:
             self._takes_system[key] = self._probe()
         return self._takes_system[key]
 
-    def token_ids(self, messages: Messages) -> list[int]:
-        """The prompt's token ids; raises ItemFailure when the template refuses the messages."""
+    def token_ids(self, messages: Messages, *, plain: bool = False) -> list[int]:
+        """The prompt's token ids; raises ItemFailure when the template refuses the messages.
+
+        `plain`: the messages are an item's own text after the job's system text (`Request.plain`); a
+        model without a chat template takes that text as a prompt.
+        """
         messages = list(messages)
+        if not self.has_template:
+            if not plain:
+                raise ItemFailure(ErrorCode.invalid_item, NO_TEMPLATE)
+            return list(self._tokenizer.encode(_join(*(m["content"] for m in messages))))
         if _has_system(messages) and not self.takes_system():
             messages = fold_system(messages)
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from handler.engine.base import Completion
 from handler.engine.chat import ChatPrompts
+from handler.engine.generation import read_model_defaults
 from handler.logs import engine_process_env, is_verbose
 from shared.contracts.errors import ConfigError, EngineDeadError, ErrorCode, ItemFailure
 from shared.contracts.prepare import Request
@@ -108,6 +109,8 @@ class VLLMEngine:
         self.model_name = served
         self.served_models = frozenset({served, model_path, Path(model_path).name})
         cfg = llm.vllm_config
+        #: the model's generation-config sampling defaults, under a job's and an item's own values
+        self._defaults = read_model_defaults(cfg.model_config)
         self.max_model_len: int = cfg.model_config.max_model_len
         self.max_num_seqs: int = cfg.scheduler_config.max_num_seqs
         self.capacity = settings.max_concurrency or 2 * self.max_num_seqs
@@ -184,7 +187,7 @@ class VLLMEngine:
 
     def _prompt_ids(self, request: Request) -> list[int]:
         if request.messages is not None:
-            ids = self._chat.token_ids(request.messages)
+            ids = self._chat.token_ids(request.messages, plain=request.plain)
         else:
             ids = self._tokenizer.encode(request.prompt)
         ids = list(ids)
@@ -197,7 +200,7 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        s = request.sampling
+        s = self._defaults.resolve(request.sampling)
         structured = None
         if request.schema is not None:
             structured = (StructuredOutputsParams(json=request.schema) if request.schema
@@ -213,6 +216,7 @@ class VLLMEngine:
             frequency_penalty=s.frequency_penalty or 0.0,
             structured_outputs=structured,
             output_kind=RequestOutputKind.FINAL_ONLY,
+            **self._defaults.extra,
         )
 
     async def perplexity(self, text: str) -> float:

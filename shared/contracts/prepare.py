@@ -55,9 +55,17 @@ class Limits:
                    s.template_max_steps, s.schema_max_bytes, s.schema_max_depth)
 
 
+#: llm-jobs' own sampling defaults: what the job, the item and the model's generation config leave
+#: unset. The engine applies them, after the model's (see handler/engine/generation.py).
+SAMPLING_DEFAULTS = Sampling(temperature=1.0, top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What the engine runs for one item. Exactly one of `messages` (chat) or `prompt` (raw)."""
+    """What the engine runs for one item. Exactly one of `messages` (chat) or `prompt` (raw).
+
+    `sampling` is the item's options over the job's, `max_tokens` always set; the rest may be unset.
+    """
 
     custom_id: str
     messages: tuple[dict[str, str], ...] | None
@@ -66,6 +74,9 @@ class Request:
     #: the JSON schema the output must match, or {} for any JSON object
     schema: dict[str, Any] | None = None
     validator: Draft202012Validator | None = None
+    #: the messages are the item's own text (`prompt`, or `fields` through the template) as one user
+    #: turn, after the job's system text: a model without a chat template takes that text as a prompt
+    plain: bool = False
 
 
 # OpenAI body keys we honour, and the harmless ones we accept and ignore.
@@ -203,7 +214,8 @@ class RequestBuilder:
                                 field="model", code=ErrorCode.model_not_found))
         if issues:
             raise InputError(issues)
-        self.base = Sampling(temperature=1.0, top_p=1.0, max_tokens=limits.default_max_tokens).model_copy(
+        # temperature, top_p and the penalties stay unset here: the engine knows the model's defaults
+        self.base = Sampling(max_tokens=limits.default_max_tokens).model_copy(
             update=job.sampling.model_dump(exclude_none=True))
 
     def same_checks(self, limits: Limits, served_models: frozenset[str], any_model: bool) -> bool:
@@ -223,7 +235,8 @@ class RequestBuilder:
         else:
             messages = self._with_system([{"role": "user", "content": self._render(item)}])
         self._check_length(messages, "prompt" if item.prompt is not None else "messages", sampling)
-        return Request(item.custom_id, tuple(messages), None, sampling, self.schema, self.validator)
+        return Request(item.custom_id, tuple(messages), None, sampling, self.schema, self.validator,
+                       plain=item.messages is None)
 
     def _render(self, item: Item) -> str:
         if self.template is None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import pytest_asyncio
 
@@ -13,6 +16,21 @@ TEST_MAX_MODEL_LEN = 2048
 
 def engine_settings(**overrides) -> Settings:
     return Settings(_env_file=None, max_model_len=TEST_MAX_MODEL_LEN, **overrides)
+
+
+def model_copy(directory: Path) -> Path:
+    """The embedded model's files in `directory` (made), weights linked, without its chat_template.jinja:
+    a model directory a test can change (its template, its generation config) and boot."""
+    from handler.engine.default_model import ensure_default_model
+
+    smol = ensure_default_model(engine_settings().cache_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in smol.iterdir():
+        if f.suffix == ".safetensors":
+            (directory / f.name).symlink_to(f)
+        elif f.is_file() and f.name != "chat_template.jinja":
+            shutil.copy(f, directory / f.name)
+    return directory
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -8,14 +8,12 @@ on a running engine.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest_asyncio
 
 from handler.runner import run_job
 from shared.contracts.events import ChunkEvent, FinalEvent
 from shared.contracts.models import Item, Job, JobStatus, ResultStatus, Sampling
-from tests.integration.conftest import engine_settings
+from tests.integration.conftest import engine_settings, model_copy
 from tests.unit.test_chat_roles import GEMMA2
 
 SYSTEM = "You are a terse assistant. Answer in at most five words."
@@ -24,17 +22,9 @@ SYSTEM = "You are a terse assistant. Answer in at most five words."
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gemma_engine(tmp_path_factory):
     """Its own engine, for this module only, serving SmolLM2 with Gemma-2's chat template."""
-    from handler.engine.default_model import ensure_default_model
     from handler.engine.vllm_engine import VLLMEngine
 
-    smol = ensure_default_model(engine_settings().cache_dir)
-    model = tmp_path_factory.mktemp("gemma-template") / "smol-gemma-template"
-    model.mkdir()
-    for f in smol.iterdir():
-        if f.suffix == ".safetensors":
-            (model / f.name).symlink_to(f)
-        elif f.is_file() and f.name != "chat_template.jinja":
-            shutil.copy(f, model / f.name)
+    model = model_copy(tmp_path_factory.mktemp("gemma-template") / "smol-gemma-template")
     (model / "chat_template.jinja").write_text(GEMMA2)
     eng = await VLLMEngine.start(engine_settings(model_name=str(model), hf_hub_offline=True))
     yield eng

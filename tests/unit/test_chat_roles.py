@@ -7,29 +7,20 @@ tokenizer with a stand-in for vLLM's AsyncLLM that records the prompt it is hand
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from shared.contracts.errors import ConfigError, ErrorCode, ItemFailure
+from shared.contracts.errors import ErrorCode, ItemFailure
 from shared.contracts.models import Item, Job, Sampling
 from shared.contracts.prepare import Limits, RequestBuilder
 from shared.contracts.settings import Settings
 
-#: Gemma-2's chat template, verbatim (google/gemma-2-9b-it, tokenizer_config.json)
-GEMMA2 = (
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
-    "{{ raise_exception('System role not supported') }}{% endif %}"
-    "{% for message in messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{% endif %}"
-    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
-    "{% else %}{% set role = message['role'] %}{% endif %}"
-    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"
-)
+#: the real chat templates (tests/fixtures/chat_templates/SOURCES.md says where each comes from)
+TEMPLATES = Path(__file__).parents[1] / "fixtures" / "chat_templates"
+#: Gemma-2's chat template, verbatim (google/gemma-2-2b-it's tokenizer_config.json)
+GEMMA2 = (TEMPLATES / "google-gemma-2-2b-it.jinja").read_text(encoding="utf-8")
 
 #: renders every turn but silently leaves system messages out
 DROPS_SYSTEM = (
@@ -47,24 +38,6 @@ SYSTEM_ONLY_FIRST = (
 )
 
 SYSTEM = "You grade answers. Reply in JSON."
-
-
-@pytest.fixture(scope="module")
-def model_dir():
-    pytest.importorskip("transformers")
-    from handler.engine.default_model import ensure_default_model
-
-    try:
-        return ensure_default_model(Settings(_env_file=None).cache_dir)
-    except ConfigError as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture
-def tokenizer(model_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
 
 
 class FakeLLM:
