@@ -26,6 +26,7 @@ ENV PYTHONUNBUFFERED=1 \
     CACHE_DIR=/runpod-volume/llm-jobs \
     BAKED_MODEL_DIR=/opt/llm-jobs/model \
     HEALTH_FILE=/tmp/llm-jobs.health \
+    TASKS_DIR=/app/tasks \
     MODEL_NAME=${MODEL_NAME} \
     MODEL_REVISION=${MODEL_REVISION}
 
@@ -47,6 +48,8 @@ RUN if [ -n "${MODEL_NAME}" ]; then \
     fi
 
 COPY runpod_worker.py ./
+# the named tasks (tasks/*.yaml): read from TASKS_DIR, since the package runs from site-packages
+COPY tasks ./tasks
 
 RUN useradd --create-home --uid 1000 llmjobs \
     && mkdir -p /opt/llm-jobs \

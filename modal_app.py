@@ -101,6 +101,7 @@ SECRETS = [modal.Secret.from_name(name) for name in SECRET_NAMES]
 # HF_HOME and VLLM_CACHE_ROOT from there and hands them to vLLM.
 ROOT = Path(__file__).parent
 IMAGE_ENV = {
+    "TASKS_DIR": "/root/tasks",  # the named tasks, added below (the package runs from site-packages)
     "HF_HOME": HF_CACHE_PATH,
     "VLLM_CACHE_ROOT": VLLM_CACHE_PATH,
     "JOBS_PER_WORKER": str(JOBS_PER_CONTAINER),
@@ -113,6 +114,7 @@ image = (
                                 optional_dependencies=["stores", "cli", "server", "gpu", "evals"])
     .env(IMAGE_ENV)
     .add_local_python_source("handler", "shared")
+    .add_local_dir(ROOT / "tasks", "/root/tasks")
 )
 
 app = modal.App(APP_NAME)

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from handler.runner import run_job
-from shared.contracts.errors import InputError, Issue, ItemFailure, LLMJobsError
+from shared.contracts.errors import InputError, Issue, ItemFailure, LLMJobsError, issues_of
 from shared.contracts.events import ChunkEvent, ErrorEvent, FinalEvent, Outcome
-from shared.contracts.inputs import issues_of
 from shared.contracts.models import Job, JobStatus, Result
 from shared.contracts.owners import scoped_id
 from shared.contracts.shards import ShardRef

@@ -32,6 +32,7 @@ from shared.contracts.models import Job, Summary
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings
 from shared.contracts.shards import ShardRef, is_shard_ref
+from shared.contracts.tasks import load_tasks
 from shared.stores import Store, open_store
 from shared.stores.base import record_outcome
 
@@ -45,6 +46,8 @@ class JobService:
         self.settings = settings
         self.limits = Limits.from_settings(settings)
         self._store = store
+        #: a job sent straight to the platform (RunPod's /run, a Modal call) may name a task too
+        self.tasks = load_tasks(settings.task_presets)
 
     # ## One per process
 
@@ -95,7 +98,7 @@ class JobService:
         doc = from_worker_vllm(payload) if is_worker_vllm(payload) else payload
         if default_id and isinstance(doc, dict) and not doc.get("id"):
             doc = {**doc, "id": default_id}
-        return parse_job_document(doc, limits=self.limits, served_models=self.engine.served_models)
+        return parse_job_document(doc, limits=self.limits, served_models=self.engine.served_models, tasks=self.tasks)
 
     async def refuse(self, job_id: Any, reason: str) -> None:
         """Record a submitted job whose input this worker refuses as failed (when the store knows it),

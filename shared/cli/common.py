@@ -15,11 +15,12 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from handler import logs
-from shared.contracts.errors import InputError, LLMJobsError
+from shared.contracts.errors import ConfigError, InputError, LLMJobsError
 from shared.contracts.inputs import parse_job
 from shared.contracts.models import Job
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import DEFAULT_MODEL_NAME, Settings, get_settings
+from shared.contracts.tasks import load_tasks
 
 #: exit codes, documented in the README
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID_INPUT, EXIT_ITEMS_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -82,7 +83,11 @@ def load(path: Path, settings: Settings, options: dict[str, Any], *, any_model: 
     """Parse the input or exit 2 with every issue listed."""
     try:
         return parse_job(path, options=options, limits=Limits.from_settings(settings),
-                         served_models=served_models(settings), any_model=any_model, strict=strict)
+                         served_models=served_models(settings), any_model=any_model, strict=strict,
+                         tasks=load_tasks(settings.task_presets))
+    except ConfigError as e:  # a task file that does not read
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(EXIT_INVALID_INPUT) from e
     except InputError as e:
         show_issues(f"{path}: invalid input, nothing was run", [(i.where(), i.message) for i in e.issues])
         raise typer.Exit(EXIT_INVALID_INPUT) from e

@@ -25,6 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class ErrorCode(StrEnum):
@@ -176,3 +180,12 @@ class ItemFailure(Exception):
         self.message = f"field '{field}': {message}" if field else message
         self.text = text
         super().__init__(f"{code}: {self.message}")
+
+
+def issues_of(e: ValidationError, *, index: int | None = None, line: int | None = None) -> list[Issue]:
+    """Each of a ValidationError's errors as an Issue naming its field (dotted: `sampling.temperature`)."""
+    out = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        out.append(Issue(err["msg"], field=field, index=index, line=line))
+    return out

@@ -19,13 +19,14 @@ JSONL line that cannot is a bad item. With `timeout_s`, validation that runs lon
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 from pydantic import ValidationError
 
-from shared.contracts.errors import InputError, Issue, ItemFailure
+from shared.contracts.errors import InputError, Issue, ItemFailure, issues_of
 from shared.contracts.jsontext import JsonProblem, decode_utf8, loads_document, loads_line
 from shared.contracts.models import Item, Job, JobOptions, Rejection
 from shared.contracts.prepare import (
@@ -38,15 +39,7 @@ from shared.contracts.prepare import (
     schema_field,
     schema_problem,
 )
-
-
-def issues_of(e: ValidationError, *, index: int | None = None, line: int | None = None) -> list[Issue]:
-    """Each of a ValidationError's errors as an Issue naming its field (dotted: `sampling.temperature`)."""
-    out = []
-    for err in e.errors():
-        field = ".".join(str(p) for p in err["loc"])
-        out.append(Issue(err["msg"], field=field, index=index, line=line))
-    return out
+from shared.contracts.tasks import Task, with_task
 
 
 def _read_jsonl(text: str) -> list[tuple[int, Any]]:
@@ -83,6 +76,8 @@ class Checks(TypedDict, total=False):
     strict: bool
     #: seconds validation may take; past them InputError (the API's budget). None: no limit
     timeout_s: float | None
+    #: the named tasks a job may name, expanded here (the edge); None: a job's `task` is a label only
+    tasks: Mapping[str, Task] | None
 
 
 def parse_job(source: str | Path, *, options: dict[str, Any] | None = None, **checks: Unpack[Checks]) -> Job:
@@ -123,9 +118,10 @@ def parse_job_document(doc: Any, *, options: dict[str, Any] | None = None, **che
 
 
 def parse_job_options(doc: dict[str, Any], *, limits: Limits = Limits(), served_models: frozenset[str] = frozenset(),
-                      any_model: bool = False) -> JobOptions:
+                      any_model: bool = False, tasks: Mapping[str, Task] | None = None) -> JobOptions:
     """A job's options alone, checked as a job's are (schema caps, the template, the model): for a job
     whose items are staged already (an uploaded file's lines)."""
+    doc = with_task(doc, tasks)
     _check_schema_first(doc, limits)
     try:
         opts = JobOptions.model_validate(doc)
@@ -144,9 +140,11 @@ def _parse_rows(
     any_model: bool = False,
     strict: bool = False,
     timeout_s: float | None = None,
+    tasks: Mapping[str, Task] | None = None,
     rejected: list[Rejection] | None = None,
 ) -> Job:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    opts = with_task(opts, tasks)
     _check_schema_first(opts, limits)
     try:
         job_opts = JobOptions.model_validate(opts)

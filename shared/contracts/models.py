@@ -181,6 +181,8 @@ class JobOptions(_Strict):
     result_format: Literal["ours", "openai"] = "ours"
     #: which queue a job waits in: "high" drains first (the queue dispatcher; others ignore it)
     priority: Literal["high", "default"] = "default"
+    #: a named task (tasks/*.yaml, `GET /v1/tasks`): its options under the job's own (shared/contracts/tasks.py)
+    task: str | None = Field(default=None, pattern=ID_PATTERN)
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: who owns it (shared/contracts/owners.py): the API sets it from the caller's credentials; only an
     #: admin key may name one
@@ -315,6 +317,8 @@ class JobRecord(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: who owns it (shared/contracts/owners.py); None: an admin's, or sent straight to a platform
     owner: str | None = None
+    #: the named task that made it, if one did
+    task: str | None = None
 
     @property
     def percentage(self) -> float:

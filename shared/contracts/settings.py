@@ -176,8 +176,12 @@ class Settings(BaseSettings):
     sse_max_streams_per_key: int = Field(default=16, ge=0)
     #: seconds /readyz reuses its last look at the store and the dispatcher (probes in a flood share one); 0: none
     readyz_cache_s: float = Field(default=2.0, ge=0)
-    #: what your deployment does, for the `estimated_time_s` a submit answers
+    #: items/s for `estimated_time_s` until a model has finished jobs to measure (shared/server/estimates.py)
     estimate_items_per_s: float = Field(default=5.0, gt=0)
+    #: the model's last completed jobs its measured throughput is pooled over
+    estimate_sample_jobs: int = Field(default=20, ge=1, le=1000)
+    #: seconds the API reuses a model's measured throughput before it reads the store again
+    estimate_cache_s: float = Field(default=60.0, ge=0)
     #: seconds the API may spend validating one submitted job (off the event loop) before it refuses it
     validation_timeout_s: float = Field(default=10, gt=0)
     #: submitted jobs validated at once; more wait their turn
@@ -203,13 +207,29 @@ class Settings(BaseSettings):
     #: the file a RunPod worker touches while its engine is alive (the Dockerfile's HEALTHCHECK reads it)
     health_file: Path = Path("/tmp/llm-jobs.health")
 
+    # ## Named tasks
+    #: the directory of task presets (*.yaml): empty uses the tasks/ directory beside the code
+    tasks_dir: Path | None = None
+
     # ## Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("cache_dir", "hf_home", "sqlite_path", "vllm_cache_root", "baked_model_dir", mode="after")
+    @field_validator("cache_dir", "hf_home", "sqlite_path", "vllm_cache_root", "baked_model_dir", "tasks_dir",
+                     mode="after")
     @classmethod
     def _expand_home(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v else v
+
+    @property
+    def task_presets(self) -> Path:
+        """Where the named tasks are: TASKS_DIR, or the tasks/ directory beside the code."""
+        return self.tasks_dir or Path(__file__).resolve().parents[2] / "tasks"
+
+    @property
+    def served_model(self) -> str:
+        """The name the engine serves its model under (handler/engine/vllm_engine.py `resolve_model`): what a
+        job that names no model is recorded with."""
+        return self.served_model_name or self.model_name or DEFAULT_MODEL_NAME
 
     @property
     def credentials_required(self) -> bool:

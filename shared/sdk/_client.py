@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,6 +25,7 @@ from shared.contracts.events import Event, FinalEvent, GapEvent, Outcome
 from shared.contracts.inputs import parse_job, parse_job_document
 from shared.contracts.models import Item, Job, JobOptions, Result, new_job_id
 from shared.contracts.settings import Settings, get_settings
+from shared.contracts.tasks import Task, load_tasks
 from shared.queue.runpod import RunpodClient
 from shared.sdk._backends import Backend, HttpBackend, LocalBackend, ModalBackend, RunpodBackend
 
@@ -48,10 +49,12 @@ def _json_options(options: dict[str, Any]) -> dict[str, Any]:
     return opts.model_dump(mode="json", by_alias=True, exclude_none=True, include=set(options))
 
 
-def _validated(job: JobInput, options: dict[str, Any]) -> Job:
-    """A validated Job with an id, from whatever the caller has (InputError names line and field)."""
+def _validated(job: JobInput, options: dict[str, Any], tasks: Mapping[str, Task] | None = None) -> Job:
+    """A validated Job with an id, from whatever the caller has (InputError names line and field); a job that
+    names a task gets its options from `tasks`."""
     if isinstance(job, (str, Path)):
-        return parse_job(job, options=options or None, any_model=True, strict=True)  # the id defaults to a new one
+        # the id defaults to a new one
+        return parse_job(job, options=options or None, any_model=True, strict=True, tasks=tasks)
     if isinstance(job, Job):
         if not options and job.prepared is not None:
             return job  # validated already
@@ -60,7 +63,7 @@ def _validated(job: JobInput, options: dict[str, Any]) -> Job:
         doc = {"items": [i.model_dump(mode="json", exclude_none=True) if isinstance(i, Item) else i for i in job]}
     else:
         doc = dict(job)
-    return parse_job_document({**doc, **options}, any_model=True, strict=True)
+    return parse_job_document({**doc, **options}, any_model=True, strict=True, tasks=tasks)
 
 
 class AsyncJob:
@@ -136,6 +139,8 @@ class AsyncClient:
         s = settings or get_settings()
         timeout = timeout_s or s.http_timeout_s
         self.backend_name = backend
+        self._settings = s
+        self._tasks: dict[str, Task] | None = None
         if backend == "http":
             base_url = base_url or s.api_url
             api_key = api_key or (s.api_key.get_secret_value() if s.api_key else None)
@@ -168,9 +173,28 @@ class AsyncClient:
             opts = {"id": new_job_id(), **_json_options(options)}
             answer = await self._backend.submit_file(Path(job), opts)
             return AsyncJob(self._backend, answer.get("id", opts["id"]), answer)
-        validated = _validated(job, options)
+        tasks = None if isinstance(job, Job) and not options else await self._task_presets()
+        validated = _validated(job, options, tasks)
         answer = await self._backend.submit(validated)
         return AsyncJob(self._backend, answer.get("id", validated.id), answer)
+
+    async def tasks(self) -> list[dict[str, Any]]:
+        """The named tasks a job may name (`submit(records, task="grade-ca")`): each one's id, description,
+        the fields its template reads, and the options it sets. Through the API, the server's; else this
+        machine's TASKS_DIR."""
+        return [{"id": t.id, "description": t.description, "fields": t.fields(), "options": t.options}
+                for t in (await self._task_presets()).values()]
+
+    async def _task_presets(self) -> dict[str, Task]:
+        """The tasks a job may name, read once: the server's (GET /v1/tasks) through the API, else TASKS_DIR's."""
+        if self._tasks is None:
+            if isinstance(self._backend, HttpBackend):
+                found = (await self._backend.call("GET", "/v1/tasks"))["data"]
+                self._tasks = {t["id"]: Task.model_validate({k: t[k] for k in ("id", "description", "options")})
+                               for t in found}
+            else:
+                self._tasks = await asyncio.to_thread(load_tasks, self._settings.task_presets)
+        return self._tasks
 
     def job(self, job_id: str) -> AsyncJob:
         """A handle on a job submitted earlier (stream, wait, results, cancel)."""
@@ -274,6 +298,9 @@ class Client:
 
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self._portal, self._async.job(job_id))
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return self._portal.call(self._async.tasks)
 
     def get(self, job_id: str) -> dict[str, Any]:
         return self._portal.call(self._async.get, job_id)

@@ -22,6 +22,7 @@ from shared.contracts.models import Item, Job, JobOptions, JobRecord, JobStatus,
 from shared.contracts.settings import Settings
 from shared.contracts.shards import plan_shards
 from shared.server.dispatch import Dispatcher
+from shared.server.estimates import Estimator, Throughput
 from shared.server.events import StreamEvent, follow, never
 from shared.stores.base import Store, record_outcome, retrying
 
@@ -49,6 +50,8 @@ class JobLifecycle:
     def __init__(self, store: Store, dispatcher: Dispatcher | None, settings: Settings):
         """`dispatcher=None` gives a reader (get, list, results, follow from the store)."""
         self.store, self._dispatcher, self.settings = store, dispatcher, settings
+        self.estimator = Estimator(store, default_items_per_s=settings.estimate_items_per_s,
+                                   sample_jobs=settings.estimate_sample_jobs, cache_s=settings.estimate_cache_s)
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -160,9 +163,11 @@ class JobLifecycle:
             update={"completed": record.completed, "failed": record.failed})
         await record_outcome(self.store, record.id, outcome, summary, retry_s=self.settings.store_retry_s)
 
-    def estimate_s(self, total: int) -> float:
-        """A rough guide for a client: total / ESTIMATE_ITEMS_PER_S."""
-        return round(total / self.settings.estimate_items_per_s, 1)
+    async def throughput(self, model: str | None, task: str | None = None) -> Throughput:
+        """The model's throughput, measured over its last completed jobs (shared/server/estimates.py); for an
+        estimate of a job's time: `throughput(job.model).seconds(total)`. A job that names no model runs on
+        the deployment's, and its worker records it under that model's name."""
+        return await self.estimator.throughput(model or self.settings.served_model, task)
 
     async def close(self) -> None:
         if self._dispatcher is not None:

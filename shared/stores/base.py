@@ -100,6 +100,11 @@ class Store(Protocol):
         pagination: the id of the last job of the previous page; an id unknown, or not `owner`'s, gives
         an empty page)."""
 
+    async def finished_summaries(self, model: str | None, task: str | None = None, *, limit: int = 20
+                                 ) -> list[Summary]:
+        """The summaries of the most recently finished completed jobs of `model` and `task` (None: no task),
+        newest first: what estimates are measured from."""
+
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         """Results ordered by custom_id, those after `after` (keyset pagination)."""
 

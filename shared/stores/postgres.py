@@ -22,6 +22,7 @@ from shared.stores.base import (
     FILE_COLUMNS,
     KEY_COLUMNS,
     OPEN_STATUSES,
+    _json,
     check_start,
     doc_rows,
     file_row,
@@ -53,9 +54,10 @@ on conflict (job_id, custom_id) do update set
 """
 
 _BEGIN = """
-insert into jobs (id, status, model, total, metadata, owner, started_at) values (%s, 'running', %s, %s, %s, %s, now())
+insert into jobs (id, status, model, total, metadata, owner, task, started_at)
+values (%s, 'running', %s, %s, %s, %s, %s, now())
 on conflict (id) do update set status = 'running', total = excluded.total,
-  model = coalesce(excluded.model, jobs.model), metadata = excluded.metadata,
+  model = coalesce(excluded.model, jobs.model), metadata = excluded.metadata, task = excluded.task,
   owner = coalesce(jobs.owner, excluded.owner),
   finished_at = null, error = null, started_at = coalesce(jobs.started_at, now())
 """
@@ -140,16 +142,16 @@ class PostgresStore(PostgresEvals):
 
     async def accept(self, job: Job, *, total: int | None = None) -> bool:
         async with self._cursor() as cur:
-            await cur.execute("insert into jobs (id, status, model, total, metadata, owner) "
-                              "values (%s, 'queued', %s, %s, %s, %s) on conflict (id) do nothing returning id",
+            await cur.execute("insert into jobs (id, status, model, total, metadata, owner, task) "
+                              "values (%s, 'queued', %s, %s, %s, %s, %s) on conflict (id) do nothing returning id",
                               (job.id, job.model, job.total if total is None else total, Jsonb(job.metadata),
-                               job.owner))
+                               job.owner, job.task))
             return await cur.fetchone() is not None
 
     async def begin(self, job: Job, *, total: int | None = None) -> None:
         async with self._cursor() as cur:
             await cur.execute(_BEGIN, (job.id, job.model, job.total if total is None else total, Jsonb(job.metadata),
-                                       job.owner))
+                                       job.owner, job.task))
 
     async def done_ids(self, job_id: str, custom_ids: Sequence[str] | None = None) -> dict[str, ResultStatus]:
         async with self._cursor() as cur:
@@ -202,6 +204,14 @@ class PostgresStore(PostgresEvals):
                               "order by created_at desc, id desc limit %(limit)s",
                               {"st": st, "owner": owner, "after": after, "limit": limit})
             return [row_job(r) for r in await cur.fetchall()]
+
+    async def finished_summaries(self, model: str | None, task: str | None = None, *, limit: int = 20
+                                 ) -> list[Summary]:
+        async with self._cursor() as cur:
+            await cur.execute("select summary from jobs where status = 'completed' and model is not distinct from "
+                              "%s and task is not distinct from %s and summary is not null "
+                              "order by finished_at desc limit %s", (model, task, limit))
+            return [Summary.model_validate(_json(r["summary"])) for r in await cur.fetchall()]
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         async with self._cursor() as cur:

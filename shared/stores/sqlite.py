@@ -44,7 +44,7 @@ create table if not exists jobs (
   updated_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')),
   error text, summary text, metadata text not null default '{}', owner text, dispatch_ref text,
   staged integer not null default 0, prompt_tokens integer not null default 0,
-  completion_tokens integer not null default 0
+  completion_tokens integer not null default 0, task text
 );
 create table if not exists job_results (
   job_id text not null references jobs (id) on delete cascade, custom_id text not null,
@@ -76,6 +76,7 @@ create table if not exists file_items (
 create unique index if not exists file_items_file_custom_id_idx on file_items (file_id, custom_id);
 create index if not exists jobs_owner_created_id_idx on jobs (owner, created_at desc, id desc);
 create index if not exists jobs_created_id_idx on jobs (created_at desc, id desc);
+
 create table if not exists api_keys (
   id text primary key, owner text not null, digest text not null unique, hint text not null default '',
   label text, created_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ')), revoked_at text
@@ -114,7 +115,13 @@ SCHEMA_VERSION = 2
 #: older version gets them when a store opens it
 ADDED_COLUMNS = {"jobs": {"dispatch_ref": "text", "staged": "integer not null default 0",
                           "prompt_tokens": "integer not null default 0",
-                          "completion_tokens": "integer not null default 0"}}
+                          "completion_tokens": "integer not null default 0", "task": "text"}}
+
+#: indexes on ADDED_COLUMNS: made once those are there
+LATE_INDEXES = """
+create index if not exists jobs_model_task_finished_idx on jobs (model, task, finished_at desc)
+  where status = 'completed';
+"""
 
 #: most ids one `in (...)` list carries (SQLite's variable limit is 999 in old builds, 32766 since 3.32)
 ID_BATCH = 500
@@ -155,6 +162,7 @@ class SQLiteStore(SQLiteEvals):
                     for name, kind in columns.items():
                         if name not in have:
                             await db.execute(f"alter table {table} add column {name} {kind}")
+                await db.executescript(LATE_INDEXES)
                 await db.commit()
                 await self._upgrade(db)
             except BaseException:
@@ -218,21 +226,21 @@ class SQLiteStore(SQLiteEvals):
             pass
 
     async def accept(self, job: Job, *, total: int | None = None) -> bool:
-        rows = await self._run("insert into jobs (id, status, model, total, metadata, owner) "
-                               "values (?, 'queued', ?, ?, ?, ?) on conflict (id) do nothing returning id",
+        rows = await self._run("insert into jobs (id, status, model, total, metadata, owner, task) "
+                               "values (?, 'queued', ?, ?, ?, ?, ?) on conflict (id) do nothing returning id",
                                (job.id, job.model, job.total if total is None else total, _dump(job.metadata),
-                                job.owner), fetch=True)
+                                job.owner, job.task), fetch=True)
         return bool(rows)
 
     async def begin(self, job: Job, *, total: int | None = None) -> None:
         await self._run(
-            "insert into jobs (id, status, model, total, metadata, owner, started_at) "
-            f"values (?, 'running', ?, ?, ?, ?, {_NOW}) on conflict (id) do update set status = 'running', "
-            "total = excluded.total, "
+            "insert into jobs (id, status, model, total, metadata, owner, task, started_at) "
+            f"values (?, 'running', ?, ?, ?, ?, ?, {_NOW}) on conflict (id) do update set status = 'running', "
+            "total = excluded.total, task = excluded.task, "
             "model = coalesce(excluded.model, jobs.model), metadata = excluded.metadata, finished_at = null, "
             "owner = coalesce(jobs.owner, excluded.owner), "
             f"error = null, started_at = coalesce(jobs.started_at, {_NOW}), updated_at = {_NOW}",
-            (job.id, job.model, job.total if total is None else total, _dump(job.metadata), job.owner))
+            (job.id, job.model, job.total if total is None else total, _dump(job.metadata), job.owner, job.task))
 
     async def done_ids(self, job_id: str, custom_ids: Sequence[str] | None = None) -> dict[str, ResultStatus]:
         if custom_ids is None:
@@ -277,6 +285,13 @@ class SQLiteStore(SQLiteEvals):
             "order by created_at desc, id desc limit :limit",
             {"st": status and status.value, "owner": owner, "after": after, "limit": limit}, fetch=True)
         return [row_job(dict(r)) for r in rows]
+
+    async def finished_summaries(self, model: str | None, task: str | None = None, *, limit: int = 20
+                                 ) -> list[Summary]:
+        rows = await self._run("select summary from jobs where status = 'completed' and model is ? and task is ? "
+                               "and summary is not null order by finished_at desc limit ?", (model, task, limit),
+                               fetch=True)
+        return [Summary.model_validate_json(r["summary"]) for r in rows]
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         rows = await self._run("select * from job_results where job_id = ? and custom_id > ? order by custom_id "

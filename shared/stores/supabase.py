@@ -35,6 +35,7 @@ from shared.contracts.owners import KeyRecord
 from shared.contracts.settings import DEFAULTS
 from shared.stores.base import (
     OPEN_STATUSES,
+    _json,
     check_start,
     doc_rows,
     file_row,
@@ -137,7 +138,7 @@ class SupabaseStore(SupabaseEvals):
         async with self._mapped("accept") as db:
             created = await db.table("jobs").upsert(
                 {"id": job.id, "status": "queued", "model": job.model, "total": total, "metadata": job.metadata,
-                 "owner": job.owner}, on_conflict="id", ignore_duplicates=True,
+                 "owner": job.owner, "task": job.task}, on_conflict="id", ignore_duplicates=True,
                 returning=ReturnMethod.representation).execute()
         return bool(created.data)
 
@@ -146,10 +147,10 @@ class SupabaseStore(SupabaseEvals):
         async with self._mapped("begin") as db:
             await db.table("jobs").upsert(
                 {"id": job.id, "status": "running", "model": job.model, "total": total,
-                 "metadata": job.metadata, "owner": job.owner, "started_at": _now()},
+                 "metadata": job.metadata, "owner": job.owner, "task": job.task, "started_at": _now()},
                 on_conflict="id", ignore_duplicates=True, returning=ReturnMethod.minimal).execute()
-            changes = {"status": "running", "total": total, "metadata": job.metadata, "finished_at": None,
-                       "error": None}
+            changes = {"status": "running", "total": total, "metadata": job.metadata, "task": job.task,
+                       "finished_at": None, "error": None}
             if job.model is not None:  # as the other stores: coalesce(excluded.model, jobs.model)
                 changes["model"] = job.model
             rows = (await db.table("jobs").update(changes, returning=ReturnMethod.representation)
@@ -236,6 +237,15 @@ class SupabaseStore(SupabaseEvals):
                 rows += (await query(db).lt("created_at", at).order("created_at", desc=True).order("id", desc=True)
                          .limit(limit - len(rows)).execute()).data
         return [row_job(r) for r in rows]
+
+    async def finished_summaries(self, model: str | None, task: str | None = None, *, limit: int = 20
+                                 ) -> list[Summary]:
+        async with self._mapped("finished_summaries") as db:
+            q = db.table("jobs").select("summary").eq("status", JobStatus.completed.value)
+            q = q.is_("model", "null") if model is None else q.eq("model", model)
+            q = q.is_("task", "null") if task is None else q.eq("task", task)
+            rows = (await q.order("finished_at", desc=True).limit(limit).execute()).data
+        return [Summary.model_validate(_json(r["summary"])) for r in rows if r["summary"] is not None]
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         async with self._mapped("results") as db:

@@ -11,6 +11,7 @@ credentials.py. An owner sees only their own jobs, files and batches: tenancy.py
     GET  /v1/jobs/{id}/results       ?after=&limit=&format=ours|openai, paginated by custom_id
     GET  /v1/jobs/{id}/events        Server-Sent Events; Last-Event-ID resumes; ends after `final`
     POST /v1/jobs/{id}/cancel
+    GET  /v1/tasks                   the named tasks a job may name (tasks/*.yaml)
     /v1/evals/suites, /v1/evals/runs, /v1/schedules: eval suites, runs and schedules (eval_routes.py)
     GET  /                           the web page (web.py; static files in shared/server/web/)
     GET  /healthz                    the process is up
@@ -42,6 +43,7 @@ from handler.logs import quiet_http_clients
 from shared.contracts.errors import ConfigError, InputError, Issue, LLMJobsError, NotFound, PayloadTooLarge
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings, get_settings
+from shared.contracts.tasks import Task, load_tasks
 from shared.server.api.auth import MemoryRateLimit, UpstashRateLimit, rate_limiter
 from shared.server.api.credentials import Authenticator, Principal, Refused
 from shared.server.api.problems import answer
@@ -58,6 +60,8 @@ class State:
                  limiter: MemoryRateLimit | UpstashRateLimit | None):
         self.settings, self.lifecycle, self.auth, self.limiter = settings, lifecycle, auth, limiter
         self.limits = Limits.from_settings(settings)
+        #: the named tasks (TASKS_DIR): a bad task file stops the start, naming the file and the field
+        self.tasks: dict[str, Task] = load_tasks(settings.task_presets)
         self.streams = StreamSlots(settings.sse_max_streams_per_key)
         self.readiness = ReadinessProbe(lifecycle, cache_s=settings.readyz_cache_s, timeout_s=settings.http_timeout_s)
 
@@ -95,7 +99,7 @@ def openapi_document() -> dict[str, Any]:
 def _routes_only(lifespan: Any = None) -> FastAPI:
     from shared.server.api.eval_routes import evals, schedules
     from shared.server.api.openai_routes import batches, files
-    from shared.server.api.routes import health, jobs
+    from shared.server.api.routes import health, jobs, tasks
     from shared.server.api.web import web
 
     app = FastAPI(title="llm-jobs", version="0.1.0", lifespan=lifespan,
@@ -104,6 +108,7 @@ def _routes_only(lifespan: Any = None) -> FastAPI:
     _errors(app)
     app.include_router(health)
     app.include_router(jobs)
+    app.include_router(tasks)  # the named tasks (TASKS_DIR)
     app.include_router(files)  # OpenAI's Files and Batches API (shared/server/api/openai_routes.py)
     app.include_router(batches)
     app.include_router(evals)  # eval suites, runs and schedules (shared/server/api/eval_routes.py)

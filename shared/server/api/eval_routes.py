@@ -27,8 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from handler.evals import keep_suite, load_suite, open_run, report_inputs
-from shared.contracts.errors import InputError, Issue, NotFound
-from shared.contracts.inputs import issues_of
+from shared.contracts.errors import InputError, Issue, NotFound, issues_of
 from shared.contracts.jsontext import decode_utf8
 from shared.contracts.owners import public_id, scoped_id
 from shared.evals.records import RunRecord, ScheduleRecord, SuiteRecord
@@ -230,7 +229,7 @@ async def remove_schedule(schedule_id: str, state: AppState, who: Caller) -> Res
 
 async def _parse_suite(raw: bytes, request: Request, state: State) -> Suite:
     """The body as a suite, checked in a worker thread, a few at a time like jobs (intake.py)."""
-    intake = intake_of(request.app.state, state.settings, state.limits)
+    intake = intake_of(request.app.state, state.settings, state.limits, state.tasks)
     return await intake.run(lambda: parse_suite(decode_utf8(raw), limits=state.limits, any_model=True))
 
 

@@ -164,7 +164,7 @@ async def create_file(request: Request, state: AppState, who: Caller) -> FileObj
     """Upload a JSONL file for a batch. It is read as it arrives and each line is checked: a bad line is
     kept as refused (it becomes an error line of the batch, naming the line and the field); a repeated
     custom_id refuses the file."""
-    intake = intake_of(request.app.state, state.settings, state.limits)
+    intake = intake_of(request.app.state, state.settings, state.limits, state.tasks)
     record = await receive_file(request, store=state.lifecycle.store, settings=state.settings, limits=state.limits,
                                 slots=intake._slots, owner=who.owner)
     return file_object(record)

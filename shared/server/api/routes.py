@@ -25,9 +25,12 @@ from shared.server.api.schemas import (
     Problem,
     Ready,
     ResultsPage,
+    TaskList,
+    TaskView,
 )
 from shared.server.api.streams import SlottedEventSource
 from shared.server.api.tenancy import as_seen, claim, job_of
+from shared.server.estimates import Throughput
 from shared.server.lifecycle import Accepted
 
 ERRORS = {401: {"model": Problem, "description": "no API key"}, 403: {"model": Problem, "description": "wrong key"},
@@ -36,6 +39,7 @@ NOT_FOUND = {404: {"model": Problem}, **ERRORS}
 
 health = APIRouter(tags=["health"])
 jobs = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+tasks = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 
 @health.get("/healthz", response_model=Health)
@@ -68,16 +72,19 @@ async def submit(request: Request, state: AppState, who: Caller,
                  id: Annotated[str | None, Query(description="job id for a JSONL body (the idempotency key)",
                                                  pattern=ID_PATTERN)] = None,
                  strict: Annotated[bool, Query(description="refuse the job if any item is invalid; with "
-                                               "false, bad items become error results")] = True) -> JSONResponse:
+                                               "false, bad items become error results")] = True,
+                 task: Annotated[str | None, Query(description="a named task (GET /v1/tasks) for a JSONL body",
+                                                   pattern=ID_PATTERN)] = None) -> JSONResponse:
     raw = await read_body(request, state.settings.max_body_bytes)
     with full_collections_deferred():  # a big job's objects would make each full GC stall every request
-        job = await _parse(raw, request, state, job_id=id, strict=strict)
+        job = await _parse(raw, request, state, job_id=id, strict=strict, task=task)
         if isinstance(job, FileJob):  # its items are an uploaded file's lines, staged already
             accepted = await state.lifecycle.submit_file(claim(job.options, who), job.file_id)
         else:
             accepted = await state.lifecycle.submit(claim(job, who))
         del job
-    return JSONResponse(_accepted(accepted, state, who).model_dump(), status_code=202 if accepted.dispatched else 200)
+    rate = await state.lifecycle.throughput(accepted.job.model, accepted.job.task)
+    return JSONResponse(_accepted(accepted, who, rate).model_dump(), status_code=202 if accepted.dispatched else 200)
 
 
 @jobs.get("", response_model=JobList, responses=ERRORS)
@@ -146,6 +153,14 @@ async def cancel(job_id: str, state: AppState, who: Caller) -> Cancelled:
     return Cancelled(id=job_id, stopped_before_start=done.stopped_before_start, status=done.record.status)
 
 
+@tasks.get("", response_model=TaskList, responses=ERRORS)
+async def list_tasks(state: AppState, who: Caller) -> TaskList:
+    """The named tasks a job may name (`"task": "grade-ca"`, or `?task=` for a JSONL body): presets of a job's
+    options, so that a client sends only records. A job's own options win over its task's."""
+    return TaskList(data=[TaskView(id=t.id, description=t.description, fields=t.fields(), options=t.options)
+                          for t in state.tasks.values()])
+
+
 # ## Helpers
 
 
@@ -169,20 +184,22 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _parse(raw: bytes, request: Request, state: State, *, job_id: str | None, strict: bool) -> Job | FileJob:
+async def _parse(raw: bytes, request: Request, state: State, *, job_id: str | None, strict: bool,
+                 task: str | None = None) -> Job | FileJob:
     """The body as a validated Job (or a job of an uploaded file), validated in a worker thread
     (shared/server/api/intake.py)."""
-    intake = intake_of(request.app.state, state.settings, state.limits)
+    intake = intake_of(request.app.state, state.settings, state.limits, state.tasks)
     return await intake.parse(raw, request.headers.get("content-type", "application/json"), job_id=job_id,
-                              strict=strict)
+                              strict=strict, task=task)
 
 
-def _accepted(accepted: Accepted, state: State, who: Principal) -> JobAccepted:
+def _accepted(accepted: Accepted, who: Principal, rate: Throughput) -> JobAccepted:
     job_id = who.public(accepted.job.id)
     base = f"/v1/jobs/{job_id}"  # ID_PATTERN's characters need no escaping in a path
     return JobAccepted(id=job_id, store_id=accepted.job.id, status=accepted.status, total=accepted.total,
-                       created=accepted.created, estimated_time_s=state.lifecycle.estimate_s(accepted.total),
-                       status_url=base, events_url=f"{base}/events", results_url=f"{base}/results")
+                       created=accepted.created, estimated_time_s=rate.seconds(accepted.total),
+                       estimate_from_jobs=rate.from_jobs, status_url=base, events_url=f"{base}/events",
+                       results_url=f"{base}/results")
 
 
 def _view(r: JobRecord, who: Principal) -> JobView:

@@ -50,14 +50,17 @@ class JobAccepted(BaseModel):
     total: int
     #: False when a job with this id was already known: nothing new was started
     created: bool
-    #: a rough guide: total / ESTIMATE_ITEMS_PER_S
+    #: total over the model's throughput measured on its last completed jobs (one worker's), or over
+    #: ESTIMATE_ITEMS_PER_S before it has any
     estimated_time_s: float | None
+    #: the completed jobs the estimate was measured on; 0: ESTIMATE_ITEMS_PER_S (nothing measured yet)
+    estimate_from_jobs: int = 0
     status_url: str
     events_url: str
     results_url: str
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": "essays-2026-11", "store_id": "2bd806c97f:essays-2026-11", "status": "queued", "total": 2000,
-        "created": True, "estimated_time_s": 400.0,
+        "created": True, "estimated_time_s": 400.0, "estimate_from_jobs": 12,
         "status_url": "/v1/jobs/essays-2026-11", "events_url": "/v1/jobs/essays-2026-11/events",
         "results_url": "/v1/jobs/essays-2026-11/results"}]})
 
@@ -175,3 +178,19 @@ class BatchIn(BaseModel):
         "input_file_id": "file-0123456789abcdef01234567", "endpoint": "/v1/chat/completions",
         "completion_window": "24h", "metadata": {"project": "essays"}}]})
 
+
+
+# ## Named tasks
+
+
+class TaskView(BaseModel):
+    id: str
+    description: str
+    #: the names an item's `fields` fill in the task's template
+    fields: list[str]
+    #: the job options it sets (system, template, response_format, sampling, model, ...): a job's own win
+    options: dict[str, Any]
+
+
+class TaskList(BaseModel):
+    data: list[TaskView]
