@@ -154,7 +154,7 @@ class LocalDispatcher:
         service = await self.service()
         if not service.engine.alive:
             raise LLMJobsError("the engine is dead")
-        return {"engine": service.engine.model_name, "running": len(self._tasks)}
+        return {"engine": service.engine.model_name, "running": len(self._tasks), "gpu": await asyncio.to_thread(_gpu)}
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):
@@ -270,3 +270,12 @@ def make_dispatcher(settings: Settings, store: Store) -> Dispatcher:
 
         return ModalDispatcher(modal.Cls.from_name(settings.modal_app_name, settings.modal_class_name))
     return LocalDispatcher(settings, store)
+
+
+def _gpu() -> bool:
+    """Does this process see a CUDA GPU (the local engine's)?"""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())

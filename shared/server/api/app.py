@@ -97,6 +97,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _routes_only(lifespan: Any = None) -> FastAPI:
+    from shared.server.api.dropin import dropin
     from shared.server.api.eval_routes import evals, schedules
     from shared.server.api.openai_routes import batches, files
     from shared.server.api.routes import health, jobs, tasks
@@ -114,6 +115,7 @@ def _routes_only(lifespan: Any = None) -> FastAPI:
     app.include_router(evals)  # eval suites, runs and schedules (shared/server/api/eval_routes.py)
     app.include_router(schedules)
     app.include_router(web)  # the web page at / (shared/server/api/web.py)
+    app.include_router(dropin)  # the grading service's own routes (shared/server/api/dropin.py)
     app.openapi = lambda: _openapi(app)
     return app
 
@@ -213,7 +215,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components["JobFromFile"] = from_file
     schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     for path, ops in schema["paths"].items():
-        if path.startswith("/v1/"):
+        if path.startswith(("/v1/", "/evaluate", "/stream/")):  # the drop-in's routes too (dropin.py)
             for op in ops.values():
                 op["security"] = [{"bearer": []}]
     _problems_for_422(schema)
