@@ -29,6 +29,9 @@ ENV PYTHONUNBUFFERED=1 \
     TASKS_DIR=/app/tasks \
     MODEL_NAME=${MODEL_NAME} \
     MODEL_REVISION=${MODEL_REVISION}
+# LoRA adapters (README, "LoRA adapters") are off unless the endpoint sets them: ADAPTERS_DIR=/runpod-volume/adapters
+# serves every PEFT adapter in that volume directory (one a subdirectory); ENABLE_LORA, MAX_LORAS, MAX_LORA_RANK
+# and MAX_CPU_LORAS are Settings fields like the rest.
 
 WORKDIR /app
 

@@ -83,7 +83,12 @@ HF_CACHE_VOLUME = "llm-jobs-hf-cache"
 VLLM_CACHE_VOLUME = "llm-jobs-vllm-cache"
 hf_cache = modal.Volume.from_name(HF_CACHE_VOLUME, create_if_missing=True)
 vllm_cache = modal.Volume.from_name(VLLM_CACHE_VOLUME, create_if_missing=True)
-VOLUMES = {HF_CACHE_PATH: hf_cache, VLLM_CACHE_PATH: vllm_cache}
+# LoRA adapters (README, "LoRA adapters"): `modal volume put llm-jobs-adapters ./my-adapter /my-adapter`, and
+# ADAPTERS_DIR=/root/adapters in the `llm-jobs-config` secret serves every one there (LoRA stays off without it).
+ADAPTERS_PATH = "/root/adapters"
+ADAPTERS_VOLUME = "llm-jobs-adapters"
+adapters = modal.Volume.from_name(ADAPTERS_VOLUME, create_if_missing=True)
+VOLUMES = {HF_CACHE_PATH: hf_cache, VLLM_CACHE_PATH: vllm_cache, ADAPTERS_PATH: adapters}
 
 # ## Secrets
 #

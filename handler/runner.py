@@ -12,7 +12,9 @@ backoff, then the job fails with the reason and a re-run resumes); the outcome i
 `record_outcome`, shielded from cancellation.
 
 Preparing requests runs in a thread, once per process, before any engine work: the job's builder,
-then every item's request not built by validation already (templates, limits). It is CPU work
+then every item's request not built by validation already (templates, limits). The LoRA adapters the job
+names are loaded before any item runs (handler/adapters.py): one the engine cannot serve fails the job, as
+a model it does not serve does. It is CPU work
 that grows with the job and its templates, and the event loop it would block also carries the
 queue worker's heartbeats (docs/architecture.md, "Leases").
 
@@ -29,9 +31,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from handler import adapters
 from handler.engine.base import Engine
 from handler.progress import ProgressTracker
-from shared.contracts.errors import EngineDeadError, ErrorCode, InputError, ItemFailure, StoreError, StoreUnavailable
+from shared.contracts.errors import (
+    EngineDeadError,
+    EngineError,
+    ErrorCode,
+    InputError,
+    ItemFailure,
+    StoreError,
+    StoreUnavailable,
+)
 from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome
 from shared.contracts.models import Item, Job, Rejection, Result, ResultStatus, Summary, Usage
 from shared.contracts.prepare import Limits, Request, RequestBuilder, builder_for, check_output
@@ -181,8 +192,11 @@ class _Feed:
     built: dict[str, Built]
     tracker: ProgressTracker
     retry_s: float
+    engine: Engine | None = None
     #: results this run will produce (items handed out plus rejections)
     expected: int = 0
+    #: a page named an adapter no engine here can serve: the job is invalid (an ErrorEvent goes out)
+    invalid: bool = False
 
     async def run(self, work: asyncio.Queue[Item | None], out: asyncio.Queue[_Got], workers: int) -> None:
         error = None
@@ -191,6 +205,10 @@ class _Feed:
                 await self._page(page, work, out)
         except StoreError as e:
             error = f"store: {e}"
+        except InputError as e:  # an adapter the engine cannot serve: its items must never reach it
+            error, self.invalid = f"invalid job: {e}", True
+        except EngineError as e:
+            error = str(e)
         except Exception as e:
             log.exception("job %s: reading its items failed", self.job_id)
             error = f"reading items: {type(e).__name__}: {e}"
@@ -208,6 +226,10 @@ class _Feed:
         self.tracker.skip(ok, len(done) - ok)
         fresh = [row for row in page if row.custom_id not in done]
         items = [row for row in fresh if isinstance(row, Item)]
+        if self.engine is not None and (new := adapters.named(items) - adapters.loaded(self.engine)):
+            # loaded before the page runs (prepare loaded every one it saw: this is a shard on an engine
+            # that serves no adapters, which refuses them)
+            await adapters.require(self.engine, self.store, new, retry_s=self.retry_s)
         self.expected += len(fresh)
         for r in fresh:
             if isinstance(r, Rejection):
@@ -266,10 +288,20 @@ async def run_job(
     try:  # CPU work that grows with the job: in a thread, so the event loop (heartbeats) never starves
         builder, built = await asyncio.to_thread(builder_for, whole, limits, engine.served_models,
                                                  any_model=any_model)
+        # the LoRA adapters it names, loaded before anything runs (handler/adapters.py)
+        await adapters.prepare(engine, store, whole, ref, page_items=page_items, retry_s=store_retry_s)
     except InputError as e:  # a job no engine here can run: say why, run nothing, record it failed
         final = FinalEvent.failed(job_id, f"invalid job: {e}", total=job_total)
         await _finish(store, job_id, final.outcome, final.summary, store_retry_s)
         yield ErrorEvent(job_id=job_id, error=final.summary.reason or "invalid job")
+        yield final
+        return
+    except StoreError as e:  # looking adapters up: nothing ran, and nothing is recorded (as for `begin` below)
+        yield FinalEvent.failed(job_id, f"store: {e}", total=job_total)
+        return
+    except EngineError as e:  # the engine did not load an adapter: nothing ran; a run again may go through
+        final = FinalEvent.failed(job_id, str(e), total=job_total)
+        await _finish(store, job_id, final.outcome, final.summary, store_retry_s)
         yield final
         return
 
@@ -283,7 +315,7 @@ async def run_job(
             return
     pages = (_store_pages(store, ref, page_items, store_retry_s) if ref is not None and store is not None
              else _memory_pages(whole, page_items))
-    feed = _Feed(pages, store, job_id, builder, built, tracker, store_retry_s)
+    feed = _Feed(pages, store, job_id, builder, built, tracker, store_retry_s, engine)
 
     queue: asyncio.Queue[_Got] = asyncio.Queue()
     work: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=max(page_items, engine.capacity))
@@ -369,6 +401,8 @@ async def run_job(
     else:
         outcome, summary = Outcome.completed, tracker.summary()
     await _finish(records, job_id, outcome, summary, store_retry_s)
+    if dead and feed.invalid:  # as for a job refused before it began: the worker dead-letters it at once
+        yield ErrorEvent(job_id=job_id, error=dead)
     yield FinalEvent(job_id=job_id, outcome=outcome, summary=summary)
 
 

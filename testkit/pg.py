@@ -170,7 +170,8 @@ class PgCluster:
     def truncate(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute("truncate api_keys, file_items, files, job_items, job_results, jobs, eval_schedule_slots, "
-                         "eval_schedules, eval_case_results, eval_runs, eval_cases, eval_suite_versions, eval_suites")
+                         "eval_schedules, eval_case_results, eval_runs, eval_cases, eval_suite_versions, eval_suites, "
+                         "adapters")
 
     def query(self, sql: str, *params: object) -> list[tuple]:
         with psycopg.connect(self.url, autocommit=True) as conn:

@@ -120,7 +120,7 @@ class PostgrestError(Exception):
 
 #: the tables the adapter serves (what the service role reaches through PostgREST)
 TABLES = ("jobs", "job_results", "job_items", "files", "file_items", "api_keys", "eval_suites", "eval_suite_versions",
-          "eval_cases", "eval_runs", "eval_case_results", "eval_schedules", "eval_schedule_slots")
+          "eval_cases", "eval_runs", "eval_case_results", "eval_schedules", "eval_schedule_slots", "adapters")
 
 
 class PostgrestTransport(httpx.AsyncBaseTransport):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 from handler.engine.base import Completion
 from shared.contracts.errors import EngineDeadError, ErrorCode, ItemFailure
@@ -52,7 +53,14 @@ class FakeEngine:
 
     def __init__(self, *, capacity: int = 8, delay: Callable[[Request], float] = lambda r: 0.0,
                  text: Callable[[Request], str] = lambda r: f"answer to {r.custom_id}",
-                 fail: dict[str, ErrorCode] | None = None, die_on: str | None = None):
+                 fail: dict[str, ErrorCode] | None = None, die_on: str | None = None, lora: bool = False,
+                 found_adapters: dict[str, Path] | None = None, refuse_adapters: dict[str, str] | None = None):
+        #: LoRA adapters: `add_adapter` loads any but those in `refuse_adapters` (name -> why), and records each call
+        self.lora_enabled = lora
+        self.found_adapters = found_adapters or {}
+        self.refuse_adapters = refuse_adapters or {}
+        self.adapter_calls: list[tuple[str, str, str | None]] = []
+        self._adapters: set[str] = set()
         self.capacity = capacity
         self.delay = delay
         self.text = text
@@ -64,7 +72,23 @@ class FakeEngine:
         self.cancelled: list[str] = []
         self.closed = False
 
+    @property
+    def adapters(self) -> frozenset[str]:
+        return frozenset(self._adapters)
+
+    async def add_adapter(self, name: str, path: str, base_model: str | None = None) -> None:
+        from shared.contracts.adapters import refused
+
+        self.adapter_calls.append((name, path, base_model))
+        if not self.lora_enabled:
+            raise refused(name, "this engine serves no adapters")
+        if name in self.refuse_adapters:
+            raise refused(name, self.refuse_adapters[name])
+        self._adapters.add(name)
+
     async def complete(self, request: Request) -> Completion:
+        if request.adapter is not None:
+            assert request.adapter in self._adapters, f"adapter {request.adapter} reached the engine unloaded"
         self.started.append(request.custom_id)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)

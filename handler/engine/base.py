@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from shared.contracts.prepare import Request
@@ -24,6 +26,17 @@ class Engine(Protocol):
     capacity: int
     #: False once the engine has died: every job on it fails, and a worker stops taking jobs
     alive: bool
+    #: LoRA adapters loaded, by name (README, "LoRA adapters"); an engine without them serves none
+    adapters: frozenset[str]
+    #: ADAPTERS_DIR's adapters, by name: the engine may load them without the store
+    found_adapters: Mapping[str, Path]
+
+    async def add_adapter(self, name: str, path: str, base_model: str | None = None) -> None:
+        """Load the adapter in `path` under `name` (nothing when loaded already). `base_model` (the store's)
+        wins over the one its adapter_config.json names. Raises InputError naming the adapter when this
+        engine cannot serve it (LoRA off, no such files, another base, a rank over MAX_LORA_RANK, vLLM
+        refused it), and EngineError when the engine did not answer."""
+        ...
 
     async def complete(self, request: Request) -> Completion:
         """Run one request.

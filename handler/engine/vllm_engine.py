@@ -10,13 +10,17 @@ import os
 import time
 import uuid
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from handler.engine import lora_cpu
 from handler.engine.base import Completion
 from handler.engine.chat import ChatPrompts
 from handler.engine.generation import read_model_defaults
+from handler.engine.lora import LoraAdapters, lora_args
 from handler.logs import engine_process_env, is_verbose
+from shared.contracts.adapters import model_names
 from shared.contracts.errors import ConfigError, EngineDeadError, ErrorCode, ItemFailure
 from shared.contracts.prepare import Request
 from shared.contracts.settings import DEFAULT_MODEL_NAME, Settings
@@ -93,6 +97,8 @@ def engine_args(settings: Settings, model: str, served: str, on_cpu: bool) -> di
         "disable_log_stats": True,
         # its "Loading safetensors checkpoint shards" bar would break the CLI's
         "use_tqdm_on_load": is_verbose(settings),
+        # LoRA adapters over the model (handler/engine/lora.py), when ENABLE_LORA or ADAPTERS_DIR turns them on
+        **lora_args(settings),
     }
     return {k: v for k, v in args.items() if v is not None}
 
@@ -108,6 +114,8 @@ class VLLMEngine:
         self._chat = ChatPrompts(self._tokenizer)
         self.model_name = served
         self.served_models = frozenset({served, model_path, Path(model_path).name})
+        #: the LoRA adapters it serves over the model (handler/engine/lora.py)
+        self._lora = LoraAdapters(settings, model_names(model_path, settings.model_name, served), served)
         cfg = llm.vllm_config
         #: the model's generation-config sampling defaults, under a job's and an item's own values
         self._defaults = read_model_defaults(cfg.model_config)
@@ -130,6 +138,10 @@ class VLLMEngine:
                               "pip install 'llm-jobs[stores,cli,server,gpu]'") from e
         model, served = resolve_model(settings)
         args = engine_args(settings, model, served, current_platform.is_cpu())
+        if args.get("enable_lora") and current_platform.is_cpu() and not lora_cpu.installed():
+            log.warning("LoRA on CPU without llm-jobs' fix of vLLM's CPU LoRA kernels (handler/engine/lora_cpu.py): "
+                        "reinstall the package (pip install -e .) so vLLM finds its plugin, or base requests "
+                        "batched with adapter requests get an adapter's output")
         started = time.monotonic()
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         try:
@@ -177,6 +189,31 @@ class VLLMEngine:
     def alive(self) -> bool:
         """False once the engine has died (a worker then stops taking jobs)."""
         return self._llm is not None and not self._llm.errored
+
+    @property
+    def adapters(self) -> frozenset[str]:
+        """The LoRA adapters loaded, by name."""
+        return self._lora.names
+
+    @property
+    def found_adapters(self) -> Mapping[str, Path]:
+        """ADAPTERS_DIR's adapters, by name (found at boot; loaded when a job first names one)."""
+        return self._lora.found
+
+    @property
+    def lora_enabled(self) -> bool:
+        return self._lora.enabled
+
+    @property
+    def model_names(self) -> frozenset[str]:
+        """The names its model goes by, for an adapter's base (shared/contracts/adapters.py `fits_base`)."""
+        return self._lora.base_names
+
+    async def add_adapter(self, name: str, path: str, base_model: str | None = None) -> None:
+        """Check and load an adapter (see `Engine.add_adapter`)."""
+        if self._llm is None or self._llm.errored:
+            raise EngineDeadError("the engine is dead")
+        await self._lora.load(self._llm, name, path, base_model)
 
     @property
     def in_flight(self) -> int:
@@ -252,12 +289,18 @@ class VLLMEngine:
 
         if self._llm.errored:
             raise EngineDeadError(f"the engine is dead: {self._llm.dead_error}")
+        lora: dict[str, Any] = {}
+        if request.adapter is not None:  # never one vLLM has not accepted: a refused one would kill the engine
+            lora["lora_request"] = self._lora.request_for(request.adapter)
+            if lora["lora_request"] is None:
+                raise ItemFailure(ErrorCode.model_not_found, f"adapter '{request.adapter}' is not loaded here",
+                                  field="adapter")
         ids = self._prompt_ids(request)
         params = self._sampling_params(request, len(ids))
         final = None
         try:
             async with asyncio.timeout(self._settings.item_timeout_s):
-                async for out in self._llm.generate({"prompt_token_ids": ids}, params, uuid.uuid4().hex):
+                async for out in self._llm.generate({"prompt_token_ids": ids}, params, uuid.uuid4().hex, **lora):
                     final = out
         except TimeoutError as e:
             raise ItemFailure(ErrorCode.timeout,

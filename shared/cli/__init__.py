@@ -9,6 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from handler.logs import quiet_spawned_process
+from shared.cli.adapters import adapters_app
 from shared.cli.common import EXIT_INVALID_INPUT, err
 from shared.cli.evals import eval_app
 from shared.cli.keys import keys_app
@@ -53,6 +54,7 @@ app.add_typer(queue_app, name="queue")
 app.add_typer(keys_app, name="keys")
 app.add_typer(eval_app, name="eval")
 app.add_typer(schedule_app, name="schedule")
+app.add_typer(adapters_app, name="adapters")
 
 
 def main() -> None:

@@ -52,9 +52,10 @@ def _read_json_file(path: Path, what: str) -> Any:
 
 def job_options(*, job_id: str | None, template: Path | None, system: str | None, schema: Path | None,
                 json_object: bool, max_tokens: int | None, temperature: float | None, top_p: float | None,
-                seed: int | None, chunk_size: int | None, chunk_interval: float | None) -> dict[str, Any]:
+                seed: int | None, chunk_size: int | None, chunk_interval: float | None,
+                adapter: str | None = None) -> dict[str, Any]:
     """Job options given on the command line; they override the file's."""
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = {"adapter": adapter} if adapter else {}
     if job_id:
         opts["id"] = job_id
     if template:

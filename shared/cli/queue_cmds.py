@@ -66,6 +66,8 @@ def submit(
     schema: Annotated[Path | None, typer.Option(help="JSON schema file: structured output.")] = None,
     max_tokens: Annotated[int | None, typer.Option()] = None,
     chunk_size: Annotated[int | None, typer.Option()] = None,
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter for every item that names none (`llm-jobs "
+                                                     "adapters list`).")] = None,
     backend: Annotated[Literal["queue", "http", "runpod", "modal", "local"], typer.Option(
         help="queue: the Upstash queue; http: our API (API_URL); runpod: RUNPOD_ENDPOINT_ID; modal: the "
              "deployed app; local: an engine here. All but queue go through the SDK.")] = "queue",
@@ -74,7 +76,7 @@ def submit(
     settings = get_settings()
     opts = job_options(job_id=job_id, template=template, system=system, schema=schema, json_object=False,
                        max_tokens=max_tokens, temperature=None, top_p=None, seed=None, chunk_size=chunk_size,
-                       chunk_interval=None)
+                       chunk_interval=None, adapter=adapter)
     if backend == "http" and input.suffix.lower() in (".jsonl", ".ndjson"):
         from shared.cli.sdk_submit import submit_with_sdk
 

@@ -48,6 +48,8 @@ def run(
     seed: Annotated[int | None, typer.Option()] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Results per chunk [default: 10].")] = None,
     chunk_interval: Annotated[float | None, typer.Option(help="Seconds between chunks at most.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter for every item that names none (`llm-jobs "
+                                                     "adapters list`).")] = None,
     strict: Annotated[bool, typer.Option(help="Refuse the whole job if any item is invalid.")] = False,
 ) -> None:
     settings = get_settings()
@@ -56,7 +58,7 @@ def run(
     setup_logging(settings)
     opts = job_options(job_id=job_id, template=template, system=system, schema=schema, json_object=json_object,
                        max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                       chunk_size=chunk_size, chunk_interval=chunk_interval)
+                       chunk_size=chunk_size, chunk_interval=chunk_interval, adapter=adapter)
     job = load(input, settings, opts, any_model=bool(model), strict=strict)
     show_rejections(job)
     out = output or Path.cwd() / f"{input.stem}.results.jsonl"
@@ -83,7 +85,8 @@ async def _run(job: Job, settings: Settings, out: Path, fmt: Literal["ours", "op
     err.print(f"job [bold]{job.id}[/]: {job.total} item(s); results to {out} and {describe_store(settings)}")
     with err.status(f"booting the engine ({settings.model_name or 'embedded SmolLM2-135M-Instruct'})..."):
         engine = await VLLMEngine.start(settings)
-    writer = ResultWriter(out, fmt, job_id=job.id, model=engine.model_name)
+    # an adapter's name in OpenAI lines, as vLLM's OpenAI server writes it
+    writer = ResultWriter(out, fmt, job_id=job.id, model=job.adapter or engine.model_name)
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("[red]{task.fields[failed]} failed"), TextColumn("{task.fields[rate]:.2f} items/s"),
                    TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(), console=err)

@@ -118,6 +118,8 @@ class Item(_Strict):
     method: Literal["POST"] | None = None
     url: Literal["/v1/chat/completions", "/v1/completions"] | None = None
     sampling: Sampling | None = None
+    #: the LoRA adapter that answers this item (README, "LoRA adapters"); wins over the job's
+    adapter: str | None = Field(default=None, pattern=ID_PATTERN)
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> Item:
@@ -171,6 +173,8 @@ class JobOptions(_Strict):
 
     id: str = Field(default_factory=new_job_id, pattern=ID_PATTERN)
     model: str | None = None
+    #: the LoRA adapter over the model that answers every item that names none (README, "LoRA adapters")
+    adapter: str | None = Field(default=None, pattern=ID_PATTERN)
     template: str | None = Field(default=None, max_length=100_000)
     system: str | None = None
     sampling: Sampling = Field(default_factory=Sampling)

@@ -13,7 +13,7 @@ schema is checked against a size and a depth cap before it is compiled.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -77,6 +77,8 @@ class Request:
     #: the messages are the item's own text (`prompt`, or `fields` through the template) as one user
     #: turn, after the job's system text: a model without a chat template takes that text as a prompt
     plain: bool = False
+    #: the LoRA adapter that answers it (the item's, else the job's); None: the base model
+    adapter: str | None = None
 
 
 # OpenAI body keys we honour, and the harmless ones we accept and ignore.
@@ -225,6 +227,11 @@ class RequestBuilder:
     # ## One item
 
     def build(self, item: Item) -> Request:
+        request = self._build(item)
+        adapter = item.adapter or self.job.adapter
+        return replace(request, adapter=adapter) if adapter else request
+
+    def _build(self, item: Item) -> Request:
         if item.body is not None:
             return self._from_body(item)
         sampling = self._sampling(item.sampling, "sampling")

@@ -16,6 +16,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+#: the values vLLM takes for max_lora_rank
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class Settings(BaseSettings):
@@ -72,6 +74,19 @@ class Settings(BaseSettings):
     vllm_logging_level: str = "ERROR"
     #: seconds allowed for the engine to boot
     engine_boot_timeout_s: float = Field(default=900, gt=0)
+
+    # ## LoRA adapters (README, "LoRA adapters")
+    #: serve LoRA adapters beside the base model; empty: on when ADAPTERS_DIR is set
+    enable_lora: bool | None = None
+    #: adapters one batch may mix (vLLM's max_loras; each takes GPU memory for MAX_LORA_RANK)
+    max_loras: int = Field(default=4, ge=1)
+    #: the largest adapter rank the engine takes (vLLM allows 1, 8, 16, 32, 64, 128, 256, 320, 512)
+    max_lora_rank: int = 16
+    #: adapters kept loaded in CPU memory (vLLM's max_cpu_loras, at least MAX_LORAS); empty: MAX_LORAS
+    max_cpu_loras: int | None = Field(default=None, ge=1)
+    #: a directory (or a mounted volume) of PEFT adapters, one a subdirectory, served under the subdirectory's
+    #: name; the engine lists them in the store when it boots
+    adapters_dir: Path | None = None
 
     # ## Jobs and limits
     #: requests in flight per engine; empty is 2 x the engine's max_num_seqs
@@ -215,7 +230,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("cache_dir", "hf_home", "sqlite_path", "vllm_cache_root", "baked_model_dir", "tasks_dir",
-                     mode="after")
+                     "adapters_dir", mode="after")
     @classmethod
     def _expand_home(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v else v
@@ -232,6 +247,11 @@ class Settings(BaseSettings):
         return self.served_model_name or self.model_name or DEFAULT_MODEL_NAME
 
     @property
+    def lora_enabled(self) -> bool:
+        """Does the engine serve LoRA adapters: ENABLE_LORA, or else whether ADAPTERS_DIR is set."""
+        return self.enable_lora if self.enable_lora is not None else self.adapters_dir is not None
+
+    @property
     def credentials_required(self) -> bool:
         """Does the API demand a bearer token: admin keys, or a way to check Supabase users' tokens?"""
         return bool(self.api_keys or self.supabase_jwt_secret or self.supabase_jwks_url)
@@ -239,6 +259,13 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @field_validator("max_lora_rank", mode="after")
+    @classmethod
+    def _lora_rank(cls, v: int) -> int:
+        if v not in LORA_RANKS:
+            raise ValueError(f"must be one of {', '.join(map(str, LORA_RANKS))} (the ranks vLLM allows)")
+        return v
 
     @field_validator("supabase_url", "upstash_redis_rest_url", "runpod_base_url", mode="after")
     @classmethod

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from pydantic import ValidationError
 
+from shared.contracts.adapters import model_list
 from shared.contracts.errors import ConfigError, InputError, Issue, JobFailed
 from shared.contracts.events import Event, FinalEvent, GapEvent, Outcome
 from shared.contracts.inputs import parse_job, parse_job_document
@@ -185,6 +186,18 @@ class AsyncClient:
         return [{"id": t.id, "description": t.description, "fields": t.fields(), "options": t.options}
                 for t in (await self._task_presets()).values()]
 
+    async def models(self) -> list[dict[str, Any]]:
+        """The model and the LoRA adapters a job may name (`model`, `adapter`), as OpenAI lists models: each one's
+        `id`, and an adapter's `parent` (the base model). Through the API, `GET /v1/models`; with the local and
+        modal backends, the engine's (once it booted) or the store's for the configured model; with runpod, the
+        configured model alone."""
+        if isinstance(self._backend, HttpBackend):
+            return (await self._backend.call("GET", "/v1/models"))["data"]
+        lifecycle = getattr(self._backend, "lifecycle", None)
+        if lifecycle is not None:
+            return (await lifecycle.serving()).listing()["data"]
+        return model_list(self._settings.served_model, [])["data"]
+
     async def _task_presets(self) -> dict[str, Task]:
         """The tasks a job may name, read once: the server's (GET /v1/tasks) through the API, else TASKS_DIR's."""
         if self._tasks is None:
@@ -301,6 +314,9 @@ class Client:
 
     def tasks(self) -> list[dict[str, Any]]:
         return self._portal.call(self._async.tasks)
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._portal.call(self._async.models)
 
     def get(self, job_id: str) -> dict[str, Any]:
         return self._portal.call(self._async.get, job_id)

@@ -110,6 +110,11 @@ class LocalDispatcher:
                     (await JobService.start(self.settings)).engine, self.settings, store=self.store)
         return self._service
 
+    @property
+    def engine(self) -> Any:
+        """The engine, once it booted (None before: nothing boots it here)."""
+        return self._service.engine if self._service is not None else None
+
     def check(self, ref: ShardRef) -> None:
         """Nothing travels: any reference fits."""
 

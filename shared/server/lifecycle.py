@@ -24,6 +24,7 @@ from shared.contracts.shards import plan_shards
 from shared.server.dispatch import Dispatcher
 from shared.server.estimates import Estimator, Throughput
 from shared.server.events import StreamEvent, follow, never
+from shared.server.models import Serving, serving
 from shared.stores.base import Store, record_outcome, retrying
 
 
@@ -168,6 +169,11 @@ class JobLifecycle:
         estimate of a job's time: `throughput(job.model).seconds(total)`. A job that names no model runs on
         the deployment's, and its worker records it under that model's name."""
         return await self.estimator.throughput(model or self.settings.served_model, task)
+
+    async def serving(self) -> Serving:
+        """The model and the LoRA adapters this deployment serves (shared/server/models.py)."""
+        engine = getattr(self._dispatcher, "engine", None)  # the local dispatcher's, once it booted
+        return await serving(self.settings, self.store, engine)
 
     async def close(self) -> None:
         if self._dispatcher is not None:

@@ -35,6 +35,7 @@ from shared.stores.base import (
     row_json,
     row_result,
 )
+from shared.stores.postgres_adapters import PostgresAdapters
 from shared.stores.postgres_evals import PostgresEvals
 
 # One statement per chunk: the rows travel as one JSON array and are upserted together, in
@@ -108,7 +109,7 @@ def _copy_rows(key: str, start_idx: int, rows: Sequence[Item | Rejection]) -> st
                    for k, r in enumerate(rows))
 
 
-class PostgresStore(PostgresEvals):
+class PostgresStore(PostgresEvals, PostgresAdapters):
     def __init__(self, url: str, *, timeout_s: float = DEFAULTS.store_timeout_s,
                  pool_size: int = DEFAULTS.store_pool_size):
         self.timeout_s = timeout_s

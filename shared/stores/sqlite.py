@@ -34,6 +34,7 @@ from shared.stores.base import (
     row_json,
     row_result,
 )
+from shared.stores.sqlite_adapters import ADAPTER_SCHEMA, SQLiteAdapters
 from shared.stores.sqlite_evals import EVAL_SCHEMA, SQLiteEvals
 
 SCHEMA = """
@@ -141,7 +142,7 @@ def _dump(v: Any) -> Any:
     return None if v is None else json.dumps(v, ensure_ascii=False)
 
 
-class SQLiteStore(SQLiteEvals):
+class SQLiteStore(SQLiteEvals, SQLiteAdapters):
     def __init__(self, path: Path, *, timeout_s: float = DEFAULTS.store_timeout_s):
         self.path = path
         self.timeout_s = timeout_s
@@ -156,7 +157,7 @@ class SQLiteStore(SQLiteEvals):
                 db.row_factory = sqlite3.Row
                 await db.execute("pragma journal_mode = wal")
                 await db.execute("pragma foreign_keys = on")
-                await db.executescript(SCHEMA + EVAL_SCHEMA)
+                await db.executescript(SCHEMA + EVAL_SCHEMA + ADAPTER_SCHEMA)
                 for table, columns in ADDED_COLUMNS.items():
                     have = {row["name"] for row in await db.execute_fetchall(f"pragma table_info({table})")}
                     for name, kind in columns.items():

@@ -49,6 +49,7 @@ from shared.stores.base import (
     row_job,
     row_result,
 )
+from shared.stores.supabase_adapters import SupabaseAdapters
 from shared.stores.supabase_evals import SupabaseEvals
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
@@ -104,7 +105,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-class SupabaseStore(SupabaseEvals):
+class SupabaseStore(SupabaseEvals, SupabaseAdapters):
     def __init__(self, url: str, key: str, *, timeout_s: float = DEFAULTS.store_timeout_s,
                  transport: httpx.AsyncBaseTransport | None = None):
         self.url = url

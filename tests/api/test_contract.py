@@ -26,7 +26,7 @@ def test_openapi_document_is_complete():
                           "/v1/batches/{batch_id}/cancel", "/v1/evals/suites", "/v1/evals/suites/{suite_id}",
                           "/v1/evals/suites/{suite_id}/history", "/v1/evals/runs", "/v1/evals/runs/{run_id}",
                           "/v1/evals/runs/{run_id}/cases", "/v1/evals/runs/{run_id}/report", "/v1/schedules",
-                          "/v1/schedules/{schedule_id}", "/v1/tasks", "/evaluate",
+                          "/v1/schedules/{schedule_id}", "/v1/tasks", "/v1/models", "/evaluate",
                           "/stream/{job_id}", "/health"}
     assert set(paths["/v1/evals/suites"]["post"]["requestBody"]["content"]) == {"application/yaml",
                                                                                 "application/json"}

@@ -1,7 +1,7 @@
 """Row-level security as Supabase applies it (issues 13 and 14): a signed-in user reads only their own
 jobs, results, items, files and file lines, and their own evaluation suites (with their versions and
 cases), runs, case results and schedules (with their claimed slots); `anon` reads nothing; nobody but
-the service role writes; nobody but the service role touches `api_keys`.
+the service role writes; nobody but the service role touches `api_keys` or `adapters`.
 
 Each request runs the way PostgREST (and Realtime's RLS check) runs one: inside a transaction,
 `set local role anon|authenticated|service_role` and `set_config('request.jwt.claims', <the token's
@@ -46,6 +46,10 @@ API_KEYS = {
     "key_0123abcd": ALICE,
     "key_4567cdef": U1,  # a key made for a Supabase user's id (`--owner <uuid>`)
 }
+#: LoRA adapters (supabase/migrations/20261209000000_adapters.sql): nobody's, the service role's alone
+ADAPTERS = ("lora-a", "lora-b")
+#: the tables only the service role reaches (no policy at all, and the client roles' grants taken back)
+SERVICE_ONLY = ("api_keys", "adapters")
 
 
 
@@ -84,6 +88,7 @@ KEY_COLUMNS = {
     "eval_schedules": "id",
     "eval_schedule_slots": "schedule_id, slot",
     "api_keys": "id",
+    "adapters": "name",
 }
 
 
@@ -93,7 +98,8 @@ def _digest(key_id: str) -> str:
 
 def seed(conn: psycopg.Connection) -> None:
     conn.execute("truncate api_keys, file_items, files, job_items, job_results, jobs, eval_schedule_slots,"
-                 " eval_schedules, eval_case_results, eval_runs, eval_cases, eval_suite_versions, eval_suites")
+                 " eval_schedules, eval_case_results, eval_runs, eval_cases, eval_suite_versions, eval_suites,"
+                 " adapters")
     for job_id, owner in JOBS.items():
         conn.execute("insert into jobs (id, owner, total, model) values (%s, %s, 2, 'm')", (job_id, owner))
         for idx, cid in enumerate(CUSTOM_IDS):
@@ -131,6 +137,9 @@ def seed(conn: psycopg.Connection) -> None:
     for key_id, owner in API_KEYS.items():
         conn.execute("insert into api_keys (id, owner, digest, hint) values (%s, %s, %s, 'ljk_abc')",
                      (key_id, owner, _digest(key_id)))
+    for name in ADAPTERS:
+        conn.execute("insert into adapters (name, base_model, path) values (%s, 'org/base', %s)",
+                     (name, f"/adapters/{name}"))
 
 
 def expected(table: str, owner: str | None = None, *, everyone: bool = False) -> set[tuple]:
@@ -157,6 +166,7 @@ def expected(table: str, owner: str | None = None, *, everyone: bool = False) ->
         "eval_schedules": {(s,) for s in schedules},
         "eval_schedule_slots": {(s, SLOT) for s in schedules},
         "api_keys": {(k,) for k, o in API_KEYS.items() if mine(o)},
+        "adapters": {(a,) for a in ADAPTERS} if everyone else set(),
     }[table]
 
 
@@ -364,6 +374,7 @@ INSERT = {
     "eval_schedule_slots": ("insert into eval_schedule_slots (schedule_id, slot, run_id) values (%s, %s, %s)",
                             (SCHEDULE_U1, NEW_SLOT, _eval_id(U1, "new-run"))),
     "api_keys": ("insert into api_keys (id, owner, digest) values ('key_89abcdef', %s, %s)", (U1, "f" * 64)),
+    "adapters": ("insert into adapters (name, base_model, path) values ('lora-new', %s, '/x')", (U1,)),
 }
 #: user 1's own rows, changed
 UPDATE = {
@@ -380,6 +391,7 @@ UPDATE = {
     "eval_schedules": ("update eval_schedules set enabled = false, owner = %s where id = %s", (U2, SCHEDULE_U1)),
     "eval_schedule_slots": ("update eval_schedule_slots set run_id = 'forged' where schedule_id = %s", (SCHEDULE_U1,)),
     "api_keys": ("update api_keys set revoked_at = now() where owner = %s", (U1,)),
+    "adapters": ("update adapters set path = %s where name = 'lora-a'", ("/forged",)),
 }
 #: user 1's own rows, deleted
 DELETE = {
@@ -396,6 +408,7 @@ DELETE = {
     "eval_schedules": ("delete from eval_schedules where id = %s", (SCHEDULE_U1,)),
     "eval_schedule_slots": ("delete from eval_schedule_slots where schedule_id = %s", (SCHEDULE_U1,)),
     "api_keys": ("delete from api_keys where owner = %s", (U1,)),
+    "adapters": ("delete from adapters where name = %s", ("lora-a",)),
 }
 
 
@@ -430,7 +443,7 @@ def test_clients_cannot_change_or_delete_rows(db, table, client, statement):
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-@pytest.mark.parametrize("table", [*TABLES, "api_keys"])
+@pytest.mark.parametrize("table", [*TABLES, *SERVICE_ONLY])
 def test_clients_cannot_truncate(db, table, client):
     role, claims = CLIENTS[client]
     before = snapshot(db)
@@ -440,28 +453,29 @@ def test_clients_cannot_truncate(db, table, client):
     assert snapshot(db) == before
 
 
-# ## api_keys: the service role's alone
+# ## api_keys and adapters: the service role's alone
 
 
+@pytest.mark.parametrize("table", SERVICE_ONLY)
 @pytest.mark.parametrize("client", [*CLIENTS, "authenticated-key-owner-as-user", "authenticated-no-claims"])
 @pytest.mark.parametrize("statement", ["select", "insert", "update", "delete"])
-def test_api_keys_are_out_of_clients_reach(db, client, statement):
+def test_service_only_tables_are_out_of_clients_reach(db, table, client, statement):
     # not even the user a key was made for (key_4567cdef's owner is U1's id) may read it
     role, claims = {**CLIENTS, "authenticated-key-owner-as-user": ("authenticated", user(U1)),
                     "authenticated-no-claims": ("authenticated", None)}[client]
-    sql, params = {"select": ("select * from api_keys", ()), "insert": INSERT["api_keys"],
-                   "update": UPDATE["api_keys"], "delete": DELETE["api_keys"]}[statement]
+    sql, params = {"select": (f"select * from {table}", ()), "insert": INSERT[table],
+                   "update": UPDATE[table], "delete": DELETE[table]}[statement]
     before = snapshot(db)
     with request(db, role, claims) as r, pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
         r.execute(sql, params)
-    assert "permission denied for table api_keys" in str(refused.value)
+    assert f"permission denied for table {table}" in str(refused.value)
     assert snapshot(db) == before
 
 
 # ## The service role: reads and writes everything (bypassrls)
 
 
-@pytest.mark.parametrize("table", [*TABLES, "api_keys"])
+@pytest.mark.parametrize("table", [*TABLES, *SERVICE_ONLY])
 def test_the_service_role_reads_every_row(db, table):
     with request(db, "service_role", SERVICE_KEY) as r:
         assert keys(r, table) == expected(table, everyone=True)
@@ -484,10 +498,11 @@ SERVICE_WRITES = {
                        | {(_eval_id(U1, "new-schedule"),)}),
     "eval_schedule_slots": (2, 2, expected("eval_schedule_slots", everyone=True) - {(SCHEDULE_U1, SLOT)}),
     "api_keys": (2, 2, expected("api_keys", everyone=True) - {("key_4567cdef",)}),
+    "adapters": (1, 1, expected("adapters", everyone=True) - {("lora-a",)} | {("lora-new",)}),
 }
 
 
-@pytest.mark.parametrize("table", [*TABLES, "api_keys"])
+@pytest.mark.parametrize("table", [*TABLES, *SERVICE_ONLY])
 def test_the_service_role_writes(db, table):
     updated, deleted, left = SERVICE_WRITES[table]
     with request(db, "service_role", SERVICE_KEY) as r:

@@ -12,6 +12,7 @@ credentials.py. An owner sees only their own jobs, files and batches: tenancy.py
     GET  /v1/jobs/{id}/events        Server-Sent Events; Last-Event-ID resumes; ends after `final`
     POST /v1/jobs/{id}/cancel
     GET  /v1/tasks                   the named tasks a job may name (tasks/*.yaml)
+    GET  /v1/models                  the model and the LoRA adapters over it, as OpenAI lists models
     /v1/evals/suites, /v1/evals/runs, /v1/schedules: eval suites, runs and schedules (eval_routes.py)
     GET  /                           the web page (web.py; static files in shared/server/web/)
     GET  /healthz                    the process is up
@@ -99,6 +100,7 @@ def openapi_document() -> dict[str, Any]:
 def _routes_only(lifespan: Any = None) -> FastAPI:
     from shared.server.api.dropin import dropin
     from shared.server.api.eval_routes import evals, schedules
+    from shared.server.api.model_routes import models
     from shared.server.api.openai_routes import batches, files
     from shared.server.api.routes import health, jobs, tasks
     from shared.server.api.web import web
@@ -110,6 +112,7 @@ def _routes_only(lifespan: Any = None) -> FastAPI:
     app.include_router(health)
     app.include_router(jobs)
     app.include_router(tasks)  # the named tasks (TASKS_DIR)
+    app.include_router(models)  # the model and its LoRA adapters (shared/server/api/model_routes.py)
     app.include_router(files)  # OpenAI's Files and Batches API (shared/server/api/openai_routes.py)
     app.include_router(batches)
     app.include_router(evals)  # eval suites, runs and schedules (shared/server/api/eval_routes.py)

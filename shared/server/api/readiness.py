@@ -1,4 +1,5 @@
-"""/readyz: does the store answer, and can the dispatcher take jobs? Looked at once per READYZ_CACHE_S.
+"""/readyz: does the store answer, and can the dispatcher take jobs? Looked at once per READYZ_CACHE_S. Its
+details also list what is served: the model and its LoRA adapters (shared/server/models.py).
 
 A flood of probes shares one look (the first caller looks, the others wait for its answer, and
 the answer is reused for READYZ_CACHE_S seconds), so probes cannot hammer the store, the queue or
@@ -63,6 +64,12 @@ class ReadinessProbe:
                 checks.update(await asyncio.wait_for(dispatcher.ready(), self.timeout_s))
             except Exception as e:
                 ok, checks["dispatch"] = False, _failed("dispatch", e)
+        if checks["store"] == "ok":  # what is served: the model and its LoRA adapters (shared/server/models.py)
+            try:
+                seen = await asyncio.wait_for(self.lifecycle.serving(), self.timeout_s)
+                checks["models"], checks["adapters"] = [seen.model], [a.name for a in seen.adapters]
+            except Exception as e:  # a list it could not make is not a reason to refuse jobs
+                checks["models"] = _failed("models", e)
         return Readiness(ok, checks)
 
 

@@ -194,3 +194,23 @@ class TaskView(BaseModel):
 
 class TaskList(BaseModel):
     data: list[TaskView]
+
+
+# ## GET /v1/models (shared/server/api/model_routes.py)
+
+
+class ModelView(BaseModel):
+    """A model as OpenAI lists it: the base model, or a LoRA adapter over it (its `parent`)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    #: when it was listed (seconds since the epoch); 0: not known
+    created: int = 0
+    owned_by: str = "llm-jobs"
+    #: the base model an adapter runs over; null for the base model itself
+    parent: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelView]
