@@ -52,6 +52,11 @@ def test_the_services_client_grades_100_answers_through_llm_jobs_serve(tmp_path)
                              env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd=tmp_path)
         took = time.monotonic() - started
         assert run.returncode == 0, run.stderr[-3000:]
+        # the next /evaluate is estimated from the throughput this job measured, not from the constant
+        first = httpx.get(f"{url}/v1/jobs/{json.loads(out.read_text())['job_id']}", timeout=30).json()["summary"]
+        measured = (first["completed"] + first["failed"]) / first["elapsed_s"]
+        second = httpx.post(f"{url}/evaluate", json={"items": answers(40)}, timeout=30).json()
+        assert abs(second["estimated_time_seconds"] - 40 / measured) <= 0.1, (second, first)
     finally:
         server.terminate()
         server.wait(timeout=60)
