@@ -252,18 +252,26 @@ def test_rows_without_an_adapter_keep_the_base_output():
     torch = pytest.importorskip("torch")
     from vllm.lora.ops.torch_ops import lora_ops
 
-    from handler.engine.lora_cpu import keep_unadapted_rows
+    from handler.engine.lora_cpu import keep_unadapted_rows, register
 
+    # vLLM's own kernels, whether or not the plugin has patched them in this process already (it has once
+    # an engine booted here: vLLM loads its plugins then)
+    shrink = getattr(lora_ops.bgmv_shrink, "__wrapped__", lora_ops.bgmv_shrink)
+    expand = getattr(lora_ops.bgmv_expand, "__wrapped__", lora_ops.bgmv_expand)
     weights = torch.ones(2, 1, 4, 3)  # two slots, rank 4, hidden 3
     x = torch.ones(3, 3)
     indices = torch.tensor([-1, 0, -1])
     plain = torch.zeros(3, 4)
-    lora_ops.bgmv_shrink(x, weights, plain, indices, 1.0)
+    shrink(x, weights, plain, indices, 1.0)
     assert plain[0].abs().sum() > 0  # vLLM's own kernel: -1 is the last slot
     fixed = torch.zeros(3, 4)
-    keep_unadapted_rows(lora_ops.bgmv_shrink)(x, weights, fixed, indices, 1.0)
+    keep_unadapted_rows(shrink)(x, weights, fixed, indices, 1.0)
     assert fixed[0].abs().sum() == 0 and fixed[2].abs().sum() == 0 and torch.equal(fixed[1], plain[1])
     y = torch.full((3, 4), 7.0)
-    keep_unadapted_rows(lora_ops.bgmv_expand)(torch.ones(3, 3), torch.ones(2, 1, 4, 3), y, indices, True)
+    keep_unadapted_rows(expand)(torch.ones(3, 3), torch.ones(2, 1, 4, 3), y, indices, True)
     assert y[0].tolist() == [7.0] * 4 and y[1].tolist() == [10.0] * 4
-    assert keep_unadapted_rows(keep_unadapted_rows(lora_ops.bgmv_shrink)) is not None
+    wrapped = keep_unadapted_rows(shrink)
+    assert keep_unadapted_rows(wrapped) is wrapped  # patched once, however often vLLM loads the plugin
+    register()
+    register()
+    assert lora_ops.bgmv_shrink.__wrapped__ is shrink
