@@ -27,21 +27,29 @@ ENV PYTHONUNBUFFERED=1 \
     BAKED_MODEL_DIR=/opt/llm-jobs/model \
     HEALTH_FILE=/tmp/llm-jobs.health \
     TASKS_DIR=/app/tasks \
+    TRAINING_DIR=/runpod-volume/llm-jobs/training \
     MODEL_NAME=${MODEL_NAME} \
     MODEL_REVISION=${MODEL_REVISION}
 # LoRA adapters (README, "LoRA adapters") are off unless the endpoint sets them: ADAPTERS_DIR=/runpod-volume/adapters
 # serves every PEFT adapter in that volume directory (one a subdirectory); ENABLE_LORA, MAX_LORAS, MAX_LORA_RANK
 # and MAX_CPU_LORAS are Settings fields like the rest.
+# Training jobs (README, "Fine-tuning") write checkpoints, adapters and merged models under TRAINING_DIR, on the
+# network volume: a re-run resumes from its checkpoint, and an inference endpoint on the same volume serves the
+# adapters by their path. A training endpoint is this same image with INFERENCE_JOBS=false (no vLLM boots: the
+# GPU is the trainer's), JOBS_PER_WORKER=1, an execution timeout as long as its training, and a 48 GB GPU (L40S)
+# for a 7-9B LoRA (README, "Fine-tuning"). The API sends training jobs to it when RUNPOD_TRAIN_ENDPOINT_ID names
+# it. The inference endpoint sets TRAIN_JOBS=false.
 
 WORKDIR /app
 
-# The package with the gpu extra; pyproject.toml pins every dependency (hence DL3013 ignored:
-# the versions are there), and vllm==0.32.0 is already in the base image, so pip keeps it.
+# The package with the gpu extra, and train and train-gpu for training jobs (trl, peft, datasets, bitsandbytes);
+# pyproject.toml pins every dependency (hence DL3013 ignored: the versions are there), and vllm==0.32.0 is
+# already in the base image, so pip keeps it.
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY handler ./handler
 # hadolint ignore=DL3013
-RUN python3 -m pip install ".[stores,cli,server,gpu,evals]"
+RUN python3 -m pip install ".[stores,cli,server,gpu,evals,train,train-gpu]"
 
 # Bake the weights in when MODEL_NAME is given (read at start with the hub offline). A layer of
 # its own: changing the model does not reinstall the package.

@@ -42,9 +42,10 @@ def main() -> None:
     set_sdk_log_level(settings.log_level)
     # Boot before the SDK's loop starts: the engine attaches to that loop on its first request.
     service = JobService.boot(settings)
-    log.info("llm-jobs worker ready (%s); taking up to %d job(s) at once", service.engine.model_name,
-             settings.jobs_per_worker)
-    HealthBeat(settings.health_file, lambda: service.engine.alive).start()
+    engine = service.engine  # None on a training endpoint (INFERENCE_JOBS=false): no vLLM, the GPU is the trainer's
+    log.info("llm-jobs worker ready (%s); taking up to %d job(s) at once",
+             engine.model_name if engine is not None else "training only", settings.jobs_per_worker)
+    HealthBeat(settings.health_file, lambda: engine is None or engine.alive).start()
     runpod.serverless.start(config(RunpodHandler(service)))
 
 

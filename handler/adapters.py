@@ -3,7 +3,8 @@
 `prepare` is what the runner calls when a run begins, after the job's builder and before `begin`:
 
 - the engine's ADAPTERS_DIR adapters go in the store, once per engine and store (`publish`), so that
-  `llm-jobs adapters list`, `GET /v1/models` and other engines see them;
+  `llm-jobs adapters list`, `GET /v1/models` and other engines see them: only the names the store does not
+  list yet, so a trained adapter's record (its config, metrics and job) is never overwritten by its directory;
 - it gathers the adapters the job names: the job's own, and its items' (a whole job's from memory; a shard's
   read from the store page by page, when the engine serves adapters at all: only the names are kept);
 - each one the engine has not loaded is found (the engine's ADAPTERS_DIR first, then the store) and loaded
@@ -50,7 +51,9 @@ def named(items: Iterable[Item | Any]) -> set[str]:
 
 
 async def publish(engine: Any, store: Store) -> None:
-    """Put the engine's ADAPTERS_DIR adapters in the store, once per engine and store. A store that fails
+    """Put the engine's ADAPTERS_DIR adapters in the store, once per engine and store, each only if the store
+    has none of its name (`put_adapter(replace=False)`, shared/stores/adapters.py): a directory says less than
+    a record made by hand or by training, and this engine loads its own copy first anyway. A store that fails
     is logged: a job that names none of them must not fail for it."""
     dirs = found(engine)
     seen = _published.setdefault(engine, set())
@@ -64,7 +67,8 @@ async def publish(engine: Any, store: Store) -> None:
             log.warning("ADAPTERS_DIR: %s is not listed: %s", name, e)
             continue
         try:
-            await store.put_adapter(AdapterRecord(name=name, base_model=files.base_model, path=str(path)))
+            await store.put_adapter(AdapterRecord(name=name, base_model=files.base_model, path=str(path)),
+                                    replace=False)
         except StoreError as e:
             log.warning("ADAPTERS_DIR: %s could not be listed in the store: %s", name, e)
             seen.discard(id(store))

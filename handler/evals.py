@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 from handler.runner import run_job
 from shared.contracts.errors import InputError, Issue, ItemFailure, LLMJobsError, issues_of
 from shared.contracts.events import ChunkEvent, ErrorEvent, FinalEvent, Outcome
-from shared.contracts.models import Job, JobStatus, Result
+from shared.contracts.models import ID_PATTERN, Job, JobStatus, Result
 from shared.contracts.owners import scoped_id
 from shared.contracts.shards import ShardRef
 from shared.evals.checks import Facts, Verdict, reference
@@ -288,9 +289,13 @@ async def open_run(store: Store, suite: Suite, *, owner: str | None = None, mode
                    ) -> tuple[RunRecord, Job]:
     """The run (made, or found again: the same `run_id` resumes it) and the job that runs its cases.
 
-    `baseline`: a run id of the same suite, `last` (its newest finished run), or None. The run's id
-    is the job's, scoped by owner like a job id.
+    `baseline`: a run id of the same suite, `last` (its newest finished run), or None. `adapter`: the LoRA
+    adapter that answers the cases (the job's `adapter`; the engine loads it before any item runs). The run's
+    id is the job's, scoped by owner like a job id.
     """
+    if adapter is not None and not re.fullmatch(ID_PATTERN, adapter):
+        raise InputError([Issue(f"{adapter[:40]!r} is not an adapter name: 1 to 128 letters, digits and . _ : -, "
+                                "starting with a letter or digit", field="adapter")])
     rec, _ = await keep_suite(store, suite, owner)
     stored_id = scoped_id(owner, run_id or new_run_id(suite.id))
     run = await store.get_run(stored_id)
@@ -322,4 +327,5 @@ async def open_run(store: Store, suite: Suite, *, owner: str | None = None, mode
         job = await asyncio.to_thread(suite_at.job, run.job_id, model=run.model, metadata=meta)
     except ValidationError as e:  # the model named for the run, say
         raise InputError(issues_of(e)) from None
-    return run, job.model_copy(update={"owner": owner})
+    # the run's adapter answers its cases (a resumed run keeps the one it was made with)
+    return run, job.model_copy(update={"owner": owner, "adapter": run.adapter})

@@ -24,6 +24,7 @@ from handler.evals import EvalHook
 from handler.evals import ended as eval_ended
 from handler.rollup import conclude
 from handler.runner import run_job
+from handler.training.run import Trainer, is_training
 from shared.contracts.compat import from_worker_vllm, is_worker_vllm
 from shared.contracts.errors import InputError, Issue
 from shared.contracts.events import Event, FinalEvent, Outcome
@@ -41,11 +42,13 @@ class JobService:
     _process: ClassVar[JobService | None] = None
     _boot_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, engine: Engine, settings: Settings, *, store: Store | None = None):
+    def __init__(self, engine: Engine | None, settings: Settings, *, store: Store | None = None):
+        """`engine` None: a training-only worker (INFERENCE_JOBS=false), which refuses inference jobs."""
         self.engine = engine
         self.settings = settings
         self.limits = Limits.from_settings(settings)
         self._store = store
+        self._trainer: Trainer | None = None
         #: a job sent straight to the platform (RunPod's /run, a Modal call) may name a task too
         self.tasks = load_tasks(settings.task_presets)
 
@@ -55,6 +58,8 @@ class JobService:
     def boot(cls, settings: Settings) -> JobService:
         """The process's service, booting its engine the first time (blocking: call it before the loop runs)."""
         with cls._boot_lock:
+            if cls._process is None and not settings.inference_jobs:  # training only: no engine, the GPU is free
+                cls._process = cls(None, settings)
             if cls._process is None:
                 from handler.engine.vllm_engine import VLLMEngine
 
@@ -98,7 +103,9 @@ class JobService:
         doc = from_worker_vllm(payload) if is_worker_vllm(payload) else payload
         if default_id and isinstance(doc, dict) and not doc.get("id"):
             doc = {**doc, "id": default_id}
-        return parse_job_document(doc, limits=self.limits, served_models=self.engine.served_models, tasks=self.tasks)
+        served = self.engine.served_models if self.engine is not None else frozenset()
+        return parse_job_document(doc, limits=self.limits, served_models=served, any_model=self.engine is None,
+                                  tasks=self.tasks)
 
     async def refuse(self, job_id: Any, reason: str) -> None:
         """Record a submitted job whose input this worker refuses as failed (when the store knows it),
@@ -111,6 +118,15 @@ class JobService:
         """Run `job` (or one shard) through the runner with the store: chunks as they are stored, then
         the job's final event, when this run ended the job (a shard of several: handler/rollup.py)."""
         s = self.settings
+        if is_training(job):  # a training job (handler/training/run.py)
+            async for event in self.train(job):
+                yield event
+            return
+        if self.engine is None:
+            reason = "this worker runs only training jobs (INFERENCE_JOBS=false): send inference jobs to another"
+            await self.refuse(job.job_id, reason)
+            yield FinalEvent.failed(job.job_id, reason)
+            return
         # an eval run's job is scored as its chunks are stored (handler/evals.py)
         hook = await EvalHook.for_work(self.store, job, retry_s=s.store_retry_s, engine=self.engine)
         async for event in run_job(job, self.engine, store=self.store, limits=self.limits,
@@ -122,6 +138,23 @@ class JobService:
                 await eval_ended(hook, ended)
                 yield ended if ended is not None else event
                 continue
+            yield event
+
+    @property
+    def trainer(self) -> Trainer | None:
+        """What runs training jobs here (None: TRAIN_JOBS is off)."""
+        if self._trainer is None and self.settings.train_jobs:
+            self._trainer = Trainer(self.settings)
+        return self._trainer
+
+    async def train(self, job: Job | ShardRef) -> AsyncIterator[Event]:
+        """A training job's events; a worker that does not train refuses it (recorded failed)."""
+        if self.trainer is None:
+            reason = "this worker does not run training jobs (TRAIN_JOBS=false): send them to one that does"
+            await self.refuse(job.job_id, reason)
+            yield FinalEvent.failed(job.job_id, reason)
+            return
+        async for event in self.trainer.run(job, self.store):
             yield event
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from handler.engine.base import Engine
@@ -30,13 +31,14 @@ from handler.evals import EvalHook
 from handler.evals import ended as eval_ended
 from handler.rollup import conclude, end_job
 from handler.runner import StopSignal, run_job
+from handler.training.run import Trainer, is_training
 from shared.contracts.errors import LLMJobsError, QueueError
-from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome
+from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, Outcome, TrainEvent
 from shared.contracts.models import Summary
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import DEFAULTS
 from shared.contracts.shards import ShardRef
-from shared.queue.upstash import JobQueue, Lease, Work
+from shared.queue.upstash import JobQueue, Lease, Priority, Work
 from shared.stores.base import Store, record_outcome
 
 log = logging.getLogger("llm_jobs.worker")
@@ -56,14 +58,28 @@ class WorkerStats:
     errors: list[str] = field(default_factory=list)
 
 
+async def _refused(final: FinalEvent) -> AsyncIterator[Event]:
+    yield ErrorEvent(job_id=final.job_id, error=final.summary.reason or "refused")
+    yield final
+
+
 class Worker:
-    def __init__(self, engine: Engine, queue: JobQueue, store: Store, *, worker_id: str | None = None,
+    def __init__(self, engine: Engine | None, queue: JobQueue, store: Store, *, worker_id: str | None = None,
                  concurrency: int = 1, lease_s: float = DEFAULTS.lease_s, drain: bool = False,
                  limits: Limits = Limits(), store_retry_s: float = DEFAULTS.store_retry_s, poll_min_s: float = 0.2,
                  poll_max_s: float = 5.0, page_items: int = DEFAULTS.read_page_items,
                  chunk_size: int = DEFAULTS.default_chunk_size,
-                 chunk_interval_s: float = DEFAULTS.default_chunk_interval_s):
+                 chunk_interval_s: float = DEFAULTS.default_chunk_interval_s, trainer: Trainer | None = None):
+        """`trainer` runs training jobs (handler/training/run.py): with one, the worker also takes the queue's
+        `train` lane; without one, it never sees a training job. With no `engine` (a training box), it takes
+        the train lane only."""
+        if engine is None and trainer is None:
+            raise ValueError("a worker needs an engine, a trainer, or both")
         self.engine, self.queue, self.store = engine, queue, store
+        self.trainer = trainer
+        #: the queue's lanes this worker takes, in order
+        self.lanes: tuple[Priority, ...] = (("high", "default") if engine is not None else ()) + (
+            ("train",) if trainer is not None else ())
         self.worker_id = worker_id or default_worker_id()
         self.concurrency = concurrency
         self.lease_s = lease_s
@@ -106,7 +122,7 @@ class Worker:
                 if len(running) < self.concurrency:
                     try:
                         await self.queue.reap()
-                        lease = await self.queue.reserve(self.worker_id, self.lease_s)
+                        lease = await self.queue.reserve(self.worker_id, self.lease_s, lanes=self.lanes)
                     except QueueError as e:
                         log.warning("worker=%s queue: %s", self.worker_id, e)
                 if lease is not None:
@@ -129,11 +145,13 @@ class Worker:
         return self.stats
 
     async def _queue_empty(self) -> bool:
-        """Nothing queued and nothing waiting out a retry backoff (for --drain)."""
+        """Nothing queued in the lanes this worker takes and nothing waiting out a retry backoff (for --drain):
+        a training job waiting in the train lane does not keep an inference worker draining, nor the reverse."""
         try:
-            return await self.queue.waiting() == 0
+            stats = await self.queue.stats()
         except QueueError:
             return False
+        return sum(stats[f"queued_{lane}"] for lane in self.lanes) + stats["retrying"] == 0
 
     async def _heartbeat(self, lease: Lease, stop: StopSignal) -> None:
         while True:
@@ -161,10 +179,15 @@ class Worker:
         hook = await EvalHook.for_work(self.store, job, retry_s=self.store_retry_s,  # an eval run's job: scored
                                        engine=self.engine)
         self._hooks[lease.entry_id] = hook
-        gen = run_job(job, self.engine, store=self.store, limits=self.limits, store_retry_s=self.store_retry_s,
-                      page_items=self.page_items, chunk_size=self.chunk_size,
-                      chunk_interval_s=self.chunk_interval_s, stop=stop, on_close=None,
-                      on_stored=hook and hook.scored)
+        if is_training(job) and self.trainer is not None:  # a training job: its trainer's events
+            gen = self.trainer.run(job, self.store, stop=stop, on_close=None)
+        elif self.engine is None:  # only training jobs wait in the train lane: this one should not be there
+            gen = _refused(FinalEvent.failed(job_id, "a training worker (no engine) took a job that is not training"))
+        else:
+            gen = run_job(job, self.engine, store=self.store, limits=self.limits, store_retry_s=self.store_retry_s,
+                          page_items=self.page_items, chunk_size=self.chunk_size,
+                          chunk_interval_s=self.chunk_interval_s, stop=stop, on_close=None,
+                          on_stored=hook and hook.scored)
         try:
             async for event in gen:
                 if isinstance(event, FinalEvent):
@@ -172,7 +195,7 @@ class Worker:
                     continue
                 invalid = invalid or isinstance(event, ErrorEvent)
                 await self._publish(job_id, event)
-                if isinstance(event, ChunkEvent) and not stop.is_set() and await self._cancelled(job_id):
+                if isinstance(event, ChunkEvent | TrainEvent) and not stop.is_set() and await self._cancelled(job_id):
                     stop.set(Outcome.cancelled)
         except Exception as e:  # a bug must not kill the worker; the job is retried, then dead-lettered
             crash = f"{type(e).__name__}: {e}"
@@ -239,7 +262,7 @@ class Worker:
                     await self._record(job, Outcome.stopped, final, f"attempt {lease.attempt} failed, will retry: "
                                        f"{reason}")
                 self._log(lease, "failed (%s): %s", verdict, reason, level=logging.WARNING)
-                if not self.engine.alive:
+                if self.engine is not None and not self.engine.alive:
                     self._engine_dead = True
                     self.stop()
 

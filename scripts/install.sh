@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="stores,cli,server,cpu,evals"
+extras="stores,cli,server,cpu,evals,train"
 [[ "${1:-}" == "--dev" ]] && extras="$extras,dev"
 
 python="${PYTHON:-python3}"

@@ -20,8 +20,9 @@ _EXPORTS = {
                      "InputError", "Issue", "JobFailed", "LLMJobsError", "NotFound", "RateLimited"],
                     "shared.contracts.errors"),
     **dict.fromkeys(["ChunkEvent", "ErrorEvent", "Event", "FinalEvent", "GapEvent", "Outcome",
-                     "ProgressEvent"],
+                     "ProgressEvent", "TrainEvent"],
                     "shared.contracts.events"),
+    **dict.fromkeys(["LoraSpec", "TrainConfig", "TrainReport"], "shared.contracts.training"),
     **dict.fromkeys(["Item", "Job", "JobOptions", "JobStatus", "Progress", "Rejection", "ResponseFormat", "Result",
                      "ResultStatus", "Sampling", "Summary", "Usage"], "shared.contracts.models"),
     **dict.fromkeys(["parse_job", "parse_job_text"], "shared.contracts.inputs"),
@@ -53,6 +54,7 @@ __all__ = [
     "JobOptions",
     "JobStatus",
     "LLMJobsError",
+    "LoraSpec",
     "NotFound",
     "Outcome",
     "Progress",
@@ -65,6 +67,9 @@ __all__ = [
     "Sampling",
     "Settings",
     "Summary",
+    "TrainConfig",
+    "TrainEvent",
+    "TrainReport",
     "Usage",
     "get_settings",
     "parse_job",
@@ -100,7 +105,16 @@ if TYPE_CHECKING:
         NotFound,
         RateLimited,
     )
-    from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, GapEvent, Outcome, ProgressEvent
+    from shared.contracts.events import (
+        ChunkEvent,
+        ErrorEvent,
+        Event,
+        FinalEvent,
+        GapEvent,
+        Outcome,
+        ProgressEvent,
+        TrainEvent,
+    )
     from shared.contracts.inputs import parse_job, parse_job_text
     from shared.contracts.models import (
         Item,
@@ -117,4 +131,5 @@ if TYPE_CHECKING:
         Usage,
     )
     from shared.contracts.settings import Settings, get_settings
+    from shared.contracts.training import LoraSpec, TrainConfig, TrainReport
     from shared.sdk import AsyncClient, AsyncJob, Client, JobHandle

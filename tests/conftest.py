@@ -13,13 +13,27 @@ for _var in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
 import pytest  # noqa: E402
 import pytest_asyncio  # noqa: E402
 
+from shared.contracts.errors import ConfigError  # noqa: E402
 from shared.contracts.models import Item, Job  # noqa: E402
+from shared.contracts.settings import Settings  # noqa: E402
 from shared.queue.upstash import JobQueue  # noqa: E402
 from testkit import SERVICE_KEY, UPSTASH_TOKEN  # noqa: E402
 
 
 def make_job(n: int, **options) -> Job:
     return Job(items=[Item(custom_id=f"c{i}", prompt=f"prompt {i}") for i in range(n)], **options)
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    """The embedded SmolLM2 model's directory (converted once); skips where it is not installed."""
+    pytest.importorskip("transformers")
+    from handler.engine.default_model import ensure_default_model
+
+    try:
+        return ensure_default_model(Settings(_env_file=None).cache_dir)
+    except ConfigError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,16 @@ from pathlib import Path
 
 from handler.engine.base import Completion
 from shared.contracts.errors import EngineDeadError, ErrorCode, ItemFailure
-from shared.contracts.events import ChunkEvent, ErrorEvent, Event, FinalEvent, GapEvent, Outcome, ProgressEvent
+from shared.contracts.events import (
+    ChunkEvent,
+    ErrorEvent,
+    Event,
+    FinalEvent,
+    GapEvent,
+    Outcome,
+    ProgressEvent,
+    TrainEvent,
+)
 from shared.contracts.models import ItemError, JobStatus, Progress, Result, ResultStatus, Summary, Usage
 from shared.contracts.prepare import Request
 from shared.server.events import MemoryEvents
@@ -42,7 +51,10 @@ def sample_events(job_id: str) -> list[Event]:
         ProgressEvent.of(job_id, JobStatus.running, total=3, completed=2, failed=1),
         ErrorEvent(job_id=job_id, error="invalid job: field 'sampling.temperature': too hot"),
         GapEvent(job_id=job_id, missed_after="1700000000000-0", reason="trimmed"),
-        FinalEvent(job_id=job_id, outcome=Outcome.completed, summary=summary),
+        TrainEvent(job_id=job_id, phase="train", step=3, max_steps=30, epoch=0.25, loss=2.5, learning_rate=2e-4,
+                   grad_norm=1.1, tokens_per_s=512.5, eta_s=42.0),
+        FinalEvent(job_id=job_id, outcome=Outcome.completed, summary=summary.model_copy(
+            update={"training": {"adapter": "a", "losses": [[1, 3.0], [3, 2.5]]}})),
     ]
 
 

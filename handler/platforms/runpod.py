@@ -21,6 +21,15 @@ What it yields, and how RunPod reports it:
   `{"error": ...}` if the item failed.
 - RunPod's `/cancel` cancels the task running the generator: requests in flight are aborted and
   the job is recorded `cancelled`.
+- a training job (handler/training/run.py) streams `train` events, then its `final` event, when this
+  worker trains (TRAIN_JOBS=true); a worker with TRAIN_JOBS=false refuses it (failed). A training
+  endpoint is this same image with INFERENCE_JOBS=false (no engine boots: the GPU is the trainer's),
+  JOBS_PER_WORKER=1 (a job takes the whole GPU: RunPod starts another worker for the next one), an
+  execution timeout as long as the training, and the network volume the inference endpoint mounts too
+  (TRAINING_DIR, in the Dockerfile), so the adapters it trains are served from there; the API sends
+  training jobs to it when RUNPOD_TRAIN_ENDPOINT_ID names it. The inference endpoint sets
+  TRAIN_JOBS=false. A re-run of a failed or stopped training job resumes from its last checkpoint on
+  the volume.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from handler.service import JobService
+from handler.training.run import is_training
 from shared.contracts.compat import is_worker_vllm
 from shared.contracts.errors import InputError
 from shared.contracts.events import ChunkEvent, FinalEvent, Outcome
@@ -37,6 +47,10 @@ from shared.contracts.models import Result
 from shared.contracts.shards import ShardRef
 
 log = logging.getLogger("llm_jobs.runpod")
+
+#: how a training job's request id is kept in the store: the API's dispatcher sends /cancel for it to the
+#: training endpoint (shared/server/dispatch.py `TRAIN_REF`, the same string: the handler cannot import it)
+TRAIN_REF = "train:"
 
 
 def set_sdk_log_level(level: str) -> None:
@@ -54,7 +68,7 @@ class RunpodHandler:
     def concurrency(self, current: int) -> int:
         """RunPod's `concurrency_modifier`: jobs this worker takes at once (always an int, at least 1)."""
         del current
-        if not self.service.engine.alive:
+        if self.service.engine is not None and not self.service.engine.alive:
             return 1  # take nothing new in parallel on a dead engine; the next job fails fast
         return max(1, int(self.service.settings.jobs_per_worker))
 
@@ -69,7 +83,7 @@ class RunpodHandler:
             return
         log.info("runpod job=%s running %d item(s) as job %s", rp_job.get("id"), job.total, job.entry_id)
         if not job.sharded:  # a job of several shards: the dispatcher keeps every shard's request id
-            await self._keep_request_id(job.job_id, rp_job.get("id"))
+            await self._keep_request_id(job.job_id, rp_job.get("id"), training=is_training(job))
         if is_worker_vllm(payload):
             async for out in self._worker_vllm(job):
                 yield out
@@ -84,13 +98,14 @@ class RunpodHandler:
             if isinstance(event, FinalEvent) and event.outcome is Outcome.failed:
                 yield {"error": f"job {job.job_id} failed: {event.summary.reason or 'failed'}"}
 
-    async def _keep_request_id(self, job_id: str, request_id: Any) -> None:
+    async def _keep_request_id(self, job_id: str, request_id: Any, *, training: bool = False) -> None:
         """Our job id -> RunPod's request id, in the store, so `/cancel` reaches this run from any API
-        replica, even one whose own `/run` lost its answer (shared/server/dispatch.py)."""
+        replica, even one whose own `/run` lost its answer (shared/server/dispatch.py); a training job's as
+        `train:<id>`, so it reaches the training endpoint."""
         if not isinstance(request_id, str) or not request_id or request_id == job_id:
             return
         try:
-            await self.service.store.set_dispatch_ref(job_id, request_id)
+            await self.service.store.set_dispatch_ref(job_id, f"{TRAIN_REF}{request_id}" if training else request_id)
         except Exception as e:  # best effort: the job runs and stores its results all the same
             log.warning("runpod job=%s could not keep its request id: %s", request_id, type(e).__name__)
 

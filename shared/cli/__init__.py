@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from handler.logs import quiet_spawned_process
 from shared.cli.adapters import adapters_app
 from shared.cli.common import EXIT_INVALID_INPUT, err
+from shared.cli.data import data_app
 from shared.cli.evals import eval_app
 from shared.cli.keys import keys_app
 from shared.cli.queue_cmds import queue_app, submit, watch, worker
@@ -18,6 +19,7 @@ from shared.cli.read import results, status
 from shared.cli.run import run
 from shared.cli.schedules import schedule_app
 from shared.cli.serve import openapi, serve, serve_runpod
+from shared.cli.train import train_app
 from shared.cli.validate import validate
 from shared.contracts.settings import get_settings
 
@@ -55,6 +57,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(eval_app, name="eval")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
 
 
 def main() -> None:

@@ -38,7 +38,8 @@ def add(
     check: Annotated[bool, typer.Option(help="Read the directory here first. --no-check records a path only the "
                                              "engine's machine sees (a volume), as it is.")] = True,
 ) -> None:
-    """Record NAME as the adapter in PATH (a second add of NAME replaces its path and base)."""
+    """Record NAME as the adapter in PATH (a second add of NAME replaces its path and base, and forgets a trained
+    adapter's config, metrics and job)."""
     if not re.match(ID_PATTERN, name):
         raise _refuse(f"{name[:40]!r} is not an adapter name: 1 to 128 letters, digits and . _ : -, starting with a "
                       "letter or digit")
@@ -57,17 +58,50 @@ def add(
 
 @adapters_app.command("list")
 def list_adapters() -> None:
-    """The store's adapters, then ADAPTERS_DIR's that the store does not list yet."""
+    """The store's adapters, then ADAPTERS_DIR's that the store does not list yet. A trained adapter's figures
+    and the job that made it show when any adapter has them."""
     settings = get_settings()
     stored = on_store(lambda store: store.list_adapters())
-    table = Table("name", "base model", "path", "created")
+    trained = [c for c, has in (("metrics", any(a.metrics for a in stored)), ("job", any(a.job_id for a in stored)))
+               if has]
+    table = Table("name", "base model", "path", "created", *trained)
     for a in stored:
-        table.add_row(a.name, a.base_model or "", a.path, f"{a.created_at:%Y-%m-%d %H:%M}" if a.created_at else "")
+        extra = {"metrics": metrics_summary(a.metrics), "job": a.job_id or ""}
+        table.add_row(a.name, a.base_model or "", a.path, f"{a.created_at:%Y-%m-%d %H:%M}" if a.created_at else "",
+                      *(extra[c] for c in trained))
     have = {a.name for a in stored}
     for name, path in (find_adapters(settings.adapters_dir) if settings.adapters_dir else {}).items():
         if name not in have:
-            table.add_row(name, "", str(path), "(ADAPTERS_DIR)")
+            table.add_row(name, "", str(path), "(ADAPTERS_DIR)", *("" for _ in trained))
     Console().print(table)
+
+
+def _number(v: object) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _change(label: str, before: object, after: object) -> str | None:
+    b, a = _number(before), _number(after)
+    if a is None:
+        return None
+    return f"{label} {_short(b)}→{_short(a)}" if b is not None else f"{label} {_short(a)}"
+
+
+def _short(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def metrics_summary(metrics: dict[str, object] | None) -> str:
+    """A trained adapter's figures in a few characters: perplexity before and after (else the loss, first to
+    last), and its steps; e.g. "ppl 12.3→8.1, 30 steps". Empty: none of these."""
+    if not metrics:
+        return ""
+    parts = [_change("ppl", metrics.get("base_perplexity"), metrics.get("adapter_perplexity"))
+             or _change("loss", metrics.get("first_loss"), metrics.get("last_loss"))]
+    steps = _number(metrics.get("steps"))
+    if steps is not None:
+        parts.append(f"{steps:g} steps")
+    return ", ".join(p for p in parts if p)
 
 
 @adapters_app.command()

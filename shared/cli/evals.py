@@ -4,16 +4,19 @@ baseline, list a suite's runs, and write a run's report (one HTML file).
 `eval run` exits 0 when the run has no regression against its baseline, 4 when it has one (for CI),
 2 for a suite that cannot run (every problem listed, with its case, field and line), 1 when the
 job itself failed. The same `--run-id` resumes a run: stored results are not run again, and no case
-is scored twice (handler/evals.py).
+is scored twice (handler/evals.py). `--adapter NAME` has a LoRA adapter answer the cases (the engine boots
+with LoRA on). `run_suite` is the run itself on an engine here, which `llm-jobs train compare` shares
+(shared/cli/train_compare.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, TypeVar
 
 import typer
 from rich.console import Console
@@ -31,17 +34,24 @@ from shared.cli.common import (
     setup_logging,
 )
 from shared.cli.common import show_issues as _show_issues
+from shared.contracts.adapters import find_adapters, read_adapter
 from shared.contracts.errors import InputError, LLMJobsError, StoreError
 from shared.contracts.events import ChunkEvent, ErrorEvent, FinalEvent, Outcome
 from shared.contracts.models import JobStatus, Summary
 from shared.contracts.owners import scoped_id
 from shared.contracts.prepare import Limits
-from shared.contracts.settings import Settings, get_settings
+from shared.contracts.settings import LORA_RANKS, Settings, get_settings
 from shared.evals.regress import Regressions
 from shared.evals.report import render_report
 from shared.evals.scoring import RunScores
 from shared.evals.suite import Suite, parse_suite
 from shared.stores import describe_store, open_store
+from shared.stores.base import Store
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from handler.engine.base import Engine
 
 #: `eval run` found a regression against its baseline
 EXIT_REGRESSION = 4
@@ -83,6 +93,8 @@ def run(
                                                dir_okay=False)],
     model: Annotated[str | None, typer.Option(help="Model to serve (HF id or path) [default: the suite's, or the "
                                                    "embedded one].")] = None,
+    adapter: Annotated[str | None, typer.Option(help="A LoRA adapter (`llm-jobs adapters list`) that answers the "
+                                                     "cases; the engine boots with LoRA on.")] = None,
     baseline: Annotated[str | None, typer.Option(help="A run to compare a new run with: its id, or 'last' (the "
                                                       "suite's newest finished run).")] = None,
     run_id: Annotated[str | None, typer.Option(help="The run's id: the same id resumes it [default: new].")] = None,
@@ -90,62 +102,28 @@ def run(
                                                      "HEAD, when in a repository].")] = None,
 ) -> None:
     """Run SUITE's cases on the engine, score them as they come, then show the scores and any regression."""
-    from handler.evals import EvalHook, open_run  # the engine's layer: loaded when a run starts
-
     settings = get_settings()
     if model:
         settings = settings.model_copy(update={"model_name": model})
+    if adapter:
+        settings = settings.model_copy(update={"enable_lora": True})
     setup_logging(settings)
     suite = read_suite(suite_file, settings, any_model=bool(model))
 
-    async def go() -> tuple[FinalEvent, RunScores, Regressions | None, str]:
-        from handler.engine.vllm_engine import VLLMEngine
-        from handler.runner import run_job
-
+    async def go() -> SuiteRun:
         store = open_store(settings)
         try:
-            run_rec, job = await open_run(store, suite, model=model, baseline=baseline, run_id=run_id,
-                                          git_rev=git_rev or git_revision())
-            err.print(f"eval run [bold]{run_rec.id}[/]: suite {suite.id} version {run_rec.version}, "
-                      f"{len(suite.cases)} case(s); stored in {describe_store(settings)}"
-                      + (f"; baseline {run_rec.baseline}" if run_rec.baseline else ""))
-            hook = await EvalHook.for_work(store, job, retry_s=settings.store_retry_s)  # the run's own version
-            if hook is None:
-                raise StoreError(f"eval run {run_rec.id}: the store did not give it back")
-            record = await store.get_job(job.id)
-            if record is not None and record.status is JobStatus.completed:  # nothing to run: score and report
-                err.print("its job has completed already: scoring what is stored")
-                final = FinalEvent(job_id=job.id, outcome=Outcome.completed,
-                                   summary=record.summary or Summary.empty(record.total))
-            else:
-                with err.status(f"booting the engine ({settings.model_name or 'embedded SmolLM2-135M-Instruct'})..."):
-                    engine = await VLLMEngine.start(settings)
-                hook.engine = engine  # the judges (llm_rubric) and perplexities run on it
-                try:
-                    await hook.begin()
-                    final = await _drive(run_job(job, engine, store=store, limits=Limits.from_settings(settings),
-                                                 any_model=bool(model), chunk_size=settings.default_chunk_size,
-                                                 chunk_interval_s=settings.default_chunk_interval_s,
-                                                 store_retry_s=settings.store_retry_s, on_stored=hook.scored),
-                                         job.id, job.total)
-                finally:
-                    await engine.close()
-            summary, regressions = await hook.finish(final.outcome)
-            return final, summary, regressions, run_rec.id
+            async def boot() -> Engine:
+                return await boot_engine(await adapter_settings(settings, store, adapter))
+
+            return await run_suite(store, suite, settings, boot=boot, model=model, adapter=adapter,
+                                   baseline=baseline, run_id=run_id, git_rev=git_rev or git_revision(),
+                                   any_model=bool(model))
         finally:
             await store.close()
 
-    try:
-        final, summary, regressions, stored_id = asyncio.run(go())
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted; run it again with the same --run-id to resume[/]")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except InputError as e:
-        _show_issues("cannot run", [(i.where() or "run", i.message) for i in e.issues])
-        raise typer.Exit(EXIT_INVALID_INPUT) from e
-    except LLMJobsError as e:
-        err.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(EXIT_JOB_FAILED) from e
+    final, summary, regressions, stored_id = run_or_exit(
+        go(), interrupted="interrupted; run it again with the same --run-id to resume")
     show_scores(stored_id, summary)
     show_regressions(regressions)
     if final.outcome is not Outcome.completed:
@@ -153,6 +131,125 @@ def run(
         raise typer.Exit(EXIT_JOB_FAILED)
     if regressions is not None and regressions.any:
         raise typer.Exit(EXIT_REGRESSION)
+
+
+# ## A suite's run on an engine here (`eval run`, `train compare`)
+
+
+class SuiteRun(NamedTuple):
+    """What `run_suite` gives back."""
+
+    #: the run's job's final event (`outcome`: completed, failed or cancelled)
+    final: FinalEvent
+    scores: RunScores
+    #: against the run's baseline; None without one
+    regressions: Regressions | None
+    #: the run's id as stored
+    run_id: str
+
+
+async def run_suite(store: Store, suite: Suite, settings: Settings, *, engine: Engine | None = None,
+                    boot: Callable[[], Awaitable[Engine]] | None = None, model: str | None = None,
+                    adapter: str | None = None, baseline: str | None = None, run_id: str | None = None,
+                    git_rev: str | None = None, any_model: bool = False) -> SuiteRun:
+    """Run `suite` as an eval run on an engine here: open the run (`handler/evals.py` `open_run`; the same
+    `run_id` resumes it), run its job on the engine with each chunk scored as it is stored, then score what is
+    left, summarize it and compare it with its baseline.
+
+    `engine`: a booted engine, used and left open (LoRA on when `adapter` is named: its cases are answered by
+    that adapter, loaded before any item runs). Or `boot`: called only when there is something to run (a run
+    whose job has completed already is scored from the store), and the engine it boots is closed at the end.
+    `model`: the model recorded for the run and its job [default: the suite's]; `any_model`: take any model
+    name (the engine serves what it serves). Raises InputError (a run that cannot be opened, an adapter the
+    engine cannot serve is a failed job instead), StoreError and EngineError.
+    """
+    from handler.evals import EvalHook, open_run  # the engine's layer: loaded when a run starts
+    from handler.runner import run_job
+
+    run_rec, job = await open_run(store, suite, model=model, adapter=adapter, baseline=baseline, run_id=run_id,
+                                  git_rev=git_rev)
+    err.print(f"eval run [bold]{escape(run_rec.id)}[/]: suite {escape(suite.id)} version {run_rec.version}, "
+              f"{len(suite.cases)} case(s); stored in {describe_store(settings)}"
+              + (f"; adapter {escape(run_rec.adapter)}" if run_rec.adapter else "")
+              + (f"; baseline {escape(run_rec.baseline)}" if run_rec.baseline else ""))
+    hook = await EvalHook.for_work(store, job, retry_s=settings.store_retry_s)  # the run's own version
+    if hook is None:
+        raise StoreError(f"eval run {run_rec.id}: the store did not give it back")
+    record = await store.get_job(job.id)
+    if record is not None and record.status is JobStatus.completed:  # nothing to run: score and report
+        err.print("its job has completed already: scoring what is stored")
+        final = FinalEvent(job_id=job.id, outcome=Outcome.completed,
+                           summary=record.summary or Summary.empty(record.total))
+        hook.engine = engine
+    else:
+        if engine is not None:
+            eng, booted = engine, False
+        elif boot is not None:
+            eng, booted = await boot(), True
+        else:
+            raise ValueError("run_suite needs an engine, or `boot` to start one")
+        hook.engine = eng  # the judges (llm_rubric) and perplexities run on it
+        try:
+            await hook.begin()
+            final = await _drive(run_job(job, eng, store=store, limits=Limits.from_settings(settings),
+                                         any_model=any_model, chunk_size=settings.default_chunk_size,
+                                         chunk_interval_s=settings.default_chunk_interval_s,
+                                         store_retry_s=settings.store_retry_s, on_stored=hook.scored),
+                                 job.id, job.total)
+        finally:
+            if booted:
+                await eng.close()
+    summary, regressions = await hook.finish(final.outcome)
+    return SuiteRun(final, summary, regressions, run_rec.id)
+
+
+async def boot_engine(settings: Settings) -> Engine:
+    """The vLLM engine these settings describe, booted here (a spinner on stderr meanwhile)."""
+    from handler.engine.vllm_engine import VLLMEngine
+
+    with err.status(f"booting the engine ({settings.model_name or 'embedded SmolLM2-135M-Instruct'})..."):
+        return await VLLMEngine.start(settings)
+
+
+async def adapter_settings(settings: Settings, store: Store, adapter: str | None) -> Settings:
+    """`settings` for an engine that serves `adapter`: LoRA on, and MAX_LORA_RANK raised to the adapter's rank
+    when its directory (ADAPTERS_DIR's, else the store's record: where the engine looks) is readable here and says
+    more. Unchanged
+    without an adapter; an adapter not found here is left for the run to refuse, naming it."""
+    if adapter is None:
+        return settings
+    settings = settings.model_copy(update={"enable_lora": True})
+    rec = await store.get_adapter(adapter)
+
+    def rank() -> int | None:
+        found = find_adapters(settings.adapters_dir) if settings.adapters_dir else {}
+        path = found.get(adapter) or (Path(rec.path) if rec is not None else None)  # the engine's order
+        try:
+            return None if path is None else read_adapter(path).rank
+        except (ValueError, OSError):  # a volume's path this machine does not see: the engine says what is wrong
+            return None
+
+    r = await asyncio.to_thread(rank)
+    fits = next((n for n in LORA_RANKS if r is not None and n >= r), None)
+    if fits is not None and fits > settings.max_lora_rank:
+        settings = settings.model_copy(update={"max_lora_rank": fits})
+    return settings
+
+
+def run_or_exit(main: Coroutine[Any, Any, T], *, interrupted: str = "interrupted") -> T:
+    """Run `main` to its end; ^C, input the run refuses and llm-jobs errors end the command with their exit
+    codes (130, 2, 1)."""
+    try:
+        return asyncio.run(main)
+    except KeyboardInterrupt:
+        err.print(f"[yellow]{interrupted}[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except InputError as e:
+        _show_issues("cannot run", [(i.where() or "run", i.message) for i in e.issues])
+        raise typer.Exit(EXIT_INVALID_INPUT) from e
+    except LLMJobsError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(EXIT_JOB_FAILED) from e
 
 
 async def _drive(events, job_id: str, total: int) -> FinalEvent:
@@ -230,7 +327,8 @@ def history(
         s = RunScores.model_validate(r.scores) if r.scores else None
         kappa = s.agreement.qwk if s and s.agreement and s.agreement.qwk is not None else None
         regressed = Regressions.model_validate(r.regressions) if r.regressions else None
-        table.add_row(r.id, f"{r.created_at:%Y-%m-%d %H:%M}" if r.created_at else "", r.model or "(default)",
+        model = (r.model or "(default)") + (f" + {r.adapter}" if r.adapter else "")
+        table.add_row(r.id, f"{r.created_at:%Y-%m-%d %H:%M}" if r.created_at else "", escape(model),
                       r.version[:8], r.status.value, f"{s.pass_rate:.1%}" if s else "",
                       "" if kappa is None else f"{kappa:.3f}",
                       "" if regressed is None else ("yes" if regressed.any else "no"))

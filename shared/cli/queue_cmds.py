@@ -164,17 +164,22 @@ def worker(
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once on the one engine.")] = 2,
     lease_s: Annotated[float | None, typer.Option(help="Lease seconds [default: LEASE_S].")] = None,
     worker_id: Annotated[str | None, typer.Option(help="[default: host-pid]")] = None,
+    train_only: Annotated[bool, typer.Option(help="Run only training jobs (the queue's train lane): no engine "
+                                                  "boots. A GPU training box.")] = False,
 ) -> None:
-    """Boot the engine once, then take jobs from the queue and run them into the store."""
+    """Boot the engine once, then take jobs from the queue and run them into the store. With TRAIN_JOBS on
+    (the default), training jobs too."""
     settings = get_settings()
     setup_logging(settings)
     stats = asyncio.run(_work(settings, drain=drain, concurrency=concurrency, lease_s=lease_s or settings.lease_s,
-                              worker_id=worker_id))
+                              worker_id=worker_id, train_only=train_only))
     raise typer.Exit(EXIT_JOB_FAILED if stats is None else EXIT_OK)
 
 
-async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: float, worker_id: str | None):
+async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: float, worker_id: str | None,
+                train_only: bool = False):
     from handler.engine.vllm_engine import VLLMEngine
+    from handler.training.run import Trainer
     from handler.worker import Worker
     from shared.contracts.prepare import Limits
     from shared.server.dispatch import QueueDispatcher
@@ -183,11 +188,13 @@ async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: f
 
     q = _queue(settings)
     store = open_store(settings)
-    engine = await VLLMEngine.start(settings)
+    train_only = train_only or not settings.inference_jobs
+    engine = None if train_only else await VLLMEngine.start(settings)
+    trainer = Trainer(settings) if train_only or settings.train_jobs else None
     w = Worker(engine, q, store, worker_id=worker_id, concurrency=concurrency, lease_s=lease_s, drain=drain,
                limits=Limits.from_settings(settings), store_retry_s=settings.store_retry_s,
                page_items=settings.read_page_items, chunk_size=settings.default_chunk_size,
-               chunk_interval_s=settings.default_chunk_interval_s)
+               chunk_interval_s=settings.default_chunk_interval_s, trainer=trainer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)
@@ -206,7 +213,8 @@ async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: f
             await asyncio.gather(ticks, return_exceptions=True)
         await store.close()
         await q.close()
-        await engine.close()
+        if engine is not None:
+            await engine.close()
     return None if w.engine_dead else stats
 
 

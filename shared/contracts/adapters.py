@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from shared.contracts.errors import ErrorCode, InputError, Issue
 from shared.contracts.models import ID_PATTERN
@@ -32,7 +32,8 @@ MAX_CONFIG_BYTES = 1024 * 1024
 
 
 class AdapterRecord(BaseModel):
-    """An adapter as the store lists it."""
+    """An adapter as the store lists it. `config`, `metrics` and `job_id` are a trained adapter's (issue 16):
+    None for one recorded by hand (`llm-jobs adapters add`) or found in ADAPTERS_DIR."""
 
     name: str = Field(pattern=ID_PATTERN)
     #: the model it was trained on (adapter_config.json's base_model_name_or_path); None: not said
@@ -40,6 +41,24 @@ class AdapterRecord(BaseModel):
     #: its directory, as the engine's machine sees it (a volume's path)
     path: str = Field(min_length=1, max_length=4096)
     created_at: datetime | None = None
+    #: the training config it was made with (a JSON object)
+    config: dict[str, Any] | None = None
+    #: what its training measured (a JSON object: {"base_perplexity": 12.3, "adapter_perplexity": 8.1, ...})
+    metrics: dict[str, Any] | None = None
+    #: the training job that made it (no reference: the job's row may be gone while the adapter stays)
+    job_id: str | None = Field(default=None, pattern=ID_PATTERN)
+
+    @field_validator("config", "metrics")
+    @classmethod
+    def _json(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Every backend keeps it as JSON (jsonb on Postgres, which has no NaN or Infinity): refuse what JSON
+        cannot say here rather than in one store and not another."""
+        if v is not None:
+            try:
+                json.dumps(v, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"not a JSON object: {e}") from None
+        return v
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@
     error      a job-level problem found before anything ran       (a platform handler: invalid input)
     final      the outcome, with a summary that is never missing   (the runner, or the store once a job ended)
     gap        events this reader missed were dropped              (a capped event source: re-read results)
+    train      a training job's step: loss, eval loss, learning rate, tokens/s, ETA   (the trainer, issue 16)
 
 A stream of a job's events always ends with exactly one `final`. The outcome is what a reader acts
 on; a job's status (JobStatus) is what the store shows, never a control signal.
@@ -117,7 +118,38 @@ class GapEvent(BaseModel):
     reason: str = GAP_REASON
 
 
-Event = Annotated[ChunkEvent | ProgressEvent | ErrorEvent | FinalEvent | GapEvent, Field(discriminator="type")]
+class TrainEvent(BaseModel):
+    """A training job's progress (shared/contracts/training.py): what its trainer logged at a step.
+
+    `phase` says what happened: `train` (a logged step: loss, learning rate, tokens/s, ETA), `eval` (the
+    held-out split's loss), `checkpoint` (saved; a redelivered job resumes here), `perplexity` (measured
+    on the held-out split, before or after: `message` says which), `export` (the adapter, the merged model
+    and the model card written), or `resume` (training continues from a checkpoint's step)."""
+
+    type: Literal["train"] = "train"
+    job_id: str
+    phase: Literal["train", "eval", "checkpoint", "perplexity", "export", "resume"]
+    step: int = Field(ge=0)
+    max_steps: int = Field(ge=0)
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    #: training tokens per second, over this run so far
+    tokens_per_s: float | None = None
+    #: seconds left, from this run's pace
+    eta_s: float | None = None
+    perplexity: float | None = None
+    message: str | None = None
+
+    @property
+    def percentage(self) -> float:
+        return percentage(self.step, self.max_steps)
+
+
+Event = Annotated[ChunkEvent | ProgressEvent | ErrorEvent | FinalEvent | GapEvent | TrainEvent,
+                  Field(discriminator="type")]
 
 _EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 

@@ -40,6 +40,7 @@ from shared.contracts.prepare import (
     schema_problem,
 )
 from shared.contracts.tasks import Task, with_task
+from shared.contracts.training import example_issues
 
 
 def _read_jsonl(text: str) -> list[tuple[int, Any]]:
@@ -157,6 +158,8 @@ def _parse_rows(
         raise InputError([Issue(f"{len(rows) + len(earlier)} items is over the limit of {limits.max_items}",
                                 field="items")])
 
+    if job_opts.training is not None:
+        _check_training(job_opts)
     builder = RequestBuilder(job_opts, limits, served_models, any_model=any_model)
     items: list[Item] = []
     requests: dict[str, Request] = {}
@@ -183,12 +186,13 @@ def _parse_rows(
                                index=index, line=line))
             continue
         seen[custom_id] = where
-        checked = _check_item(value, builder, index, line)
+        checked = _check_item(value, builder, index, line, training=job_opts.training is not None)
         if isinstance(checked, Issue):
             bad.append((custom_id, checked))
         else:
             items.append(checked[0])
-            requests[custom_id] = checked[1]
+            if checked[1] is not None:
+                requests[custom_id] = checked[1]
     if dupes:
         raise InputError(dupes)
     if strict and bad:
@@ -213,7 +217,20 @@ def _check_schema_first(opts: dict[str, Any], limits: Limits) -> None:
                              ) from None
 
 
-def _check_item(value: Any, builder: RequestBuilder, index: int, line: int | None) -> tuple[Item, Request] | Issue:
+#: options that shape an inference request: a training job has none of them
+_INFERENCE_ONLY = ("template", "system", "response_format", "adapter", "task")
+
+
+def _check_training(opts: JobOptions) -> None:
+    """A training job (shared/contracts/training.py) trains on its examples as they are."""
+    given = [k for k in _INFERENCE_ONLY if getattr(opts, k) is not None]
+    if given:
+        raise InputError([Issue(f"a training job takes no '{k}': its examples are the chats it learns from",
+                                field=k) for k in given])
+
+
+def _check_item(value: Any, builder: RequestBuilder, index: int, line: int | None, *, training: bool = False
+                ) -> tuple[Item, Request | None] | Issue:
     if isinstance(value, Issue):
         return replace(value, index=index)
     if not isinstance(value, dict):
@@ -222,6 +239,9 @@ def _check_item(value: Any, builder: RequestBuilder, index: int, line: int | Non
         item = Item.model_validate(value)
     except ValidationError as e:
         return issues_of(e, index=index, line=line)[0]
+    if training:  # an example to learn from, never run: a chat that ends with the assistant's turn
+        why = example_issues(item)
+        return Issue(why, field="messages", index=index, line=line) if why else (item, None)
 
     try:
         return item, builder.build(item)

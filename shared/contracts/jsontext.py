@@ -131,6 +131,8 @@ def loads_line(text: str, line: int) -> Any:
         raise JsonProblem(Issue(f"not valid JSON: {e.msg} (column {e.colno})", line=line)) from None
     except RecursionError:
         raise JsonProblem(_deep_issue(line)) from None
+    except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise JsonProblem(Issue(f"not valid JSON: {e}", line=line)) from None
     return _checked(value, line, 1, "")
 
 
@@ -206,6 +208,8 @@ def _value_at(text: str, pos: int, key: str | None) -> tuple[Any, int]:
         raise _syntax(text, e.pos, e.msg, key) from None
     except RecursionError:
         raise JsonProblem(_deep_issue(line_of(text, pos), key or ""), key) from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise _syntax(text, pos, str(e), key) from None
 
 
 def _decode_whole(text: str) -> Any:
@@ -215,6 +219,8 @@ def _decode_whole(text: str) -> Any:
         raise _syntax(text, e.pos, e.msg, None) from None
     except RecursionError:
         raise JsonProblem(_deep_issue(1)) from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise _syntax(text, 0, str(e), None) from None
 
 
 def _syntax(text: str, pos: int, msg: str, key: str | None) -> JsonProblem:

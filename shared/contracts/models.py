@@ -13,11 +13,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from shared.contracts.errors import ErrorCode
-
-#: a job id: also the idempotency key, a queue key and a URL segment
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-#: an owner's name: a Supabase user id (a uuid), or a name such as "team-a" or "ana@school.cat"
-OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$"
+from shared.contracts.ids import ID_PATTERN, OWNER_PATTERN
+from shared.contracts.training import TrainConfig
 
 
 def percentage(done: int, total: int) -> float:
@@ -191,6 +188,8 @@ class JobOptions(_Strict):
     #: who owns it (shared/contracts/owners.py): the API sets it from the caller's credentials; only an
     #: admin key may name one
     owner: str | None = Field(default=None, pattern=OWNER_PATTERN)
+    #: a training job (shared/contracts/training.py): its items are the examples, and it trains a LoRA adapter
+    training: TrainConfig | None = None
 
 
 class Job(JobOptions):
@@ -292,6 +291,8 @@ class Summary(BaseModel):
     error_codes: dict[str, int] = Field(default_factory=dict)
     #: why the job failed or was cancelled
     reason: str | None = None
+    #: a training job's report (shared/contracts/training.py TrainReport, as JSON)
+    training: dict[str, Any] | None = None
 
     @classmethod
     def empty(cls, total: int, reason: str | None = None) -> Summary:

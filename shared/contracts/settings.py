@@ -88,6 +88,23 @@ class Settings(BaseSettings):
     #: name; the engine lists them in the store when it boots
     adapters_dir: Path | None = None
 
+    # ## Fine-tuning (README, "Fine-tuning")
+    #: where training jobs keep their checkpoints, adapters, merged models and model cards, one directory per
+    #: job (put it on a volume the inference workers mount too); empty: CACHE_DIR/training
+    training_dir: Path | None = None
+    #: this process runs training jobs: a queue worker also takes the queue's `train` lane, and a platform
+    #: handler runs the training jobs sent to it. Turn it off on GPU inference workers: vLLM holds the GPU's memory
+    train_jobs: bool = True
+    #: this process runs inference jobs; off, a worker boots no engine and runs only training jobs (a RunPod
+    #: training endpoint, a training box): the GPU's memory is the trainer's
+    inference_jobs: bool = True
+    #: base models a training job may name besides the deployment's (MODEL_NAME): hub ids or directories, comma-
+    #: separated. A job's `base_model` is a path or a download on the worker: only these are allowed
+    train_base_models: str = ""
+    #: the precision training computes in; "auto": bf16 mixed precision where the hardware has bf16 (a GPU's, or a
+    #: CPU's AVX512-BF16 or AMX), fp16 on an older GPU, else fp32
+    train_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
     # ## Jobs and limits
     #: requests in flight per engine; empty is 2 x the engine's max_num_seqs
     max_concurrency: int | None = Field(default=None, ge=1)
@@ -210,6 +227,8 @@ class Settings(BaseSettings):
 
     # ## RunPod and Modal, as dispatchers and SDK backends
     runpod_endpoint_id: str | None = None
+    #: a second endpoint, with TRAIN_JOBS on and a GPU for training, that training jobs go to; empty: the main one
+    runpod_train_endpoint_id: str | None = None
     #: never logged
     runpod_api_key: SecretStr | None = None
     runpod_base_url: str = "https://api.runpod.ai/v2"
@@ -217,6 +236,8 @@ class Settings(BaseSettings):
     http_timeout_s: float = Field(default=30, gt=0)
     modal_app_name: str = "llm-jobs"
     modal_class_name: str = "LLMJobs"
+    #: the Modal function training jobs are spawned on (modal_app.py `train`)
+    modal_train_function: str = "train"
 
     # ## Platforms
     #: the file a RunPod worker touches while its engine is alive (the Dockerfile's HEALTHCHECK reads it)
@@ -230,7 +251,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("cache_dir", "hf_home", "sqlite_path", "vllm_cache_root", "baked_model_dir", "tasks_dir",
-                     "adapters_dir", mode="after")
+                     "adapters_dir", "training_dir", mode="after")
     @classmethod
     def _expand_home(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v else v
@@ -239,6 +260,15 @@ class Settings(BaseSettings):
     def task_presets(self) -> Path:
         """Where the named tasks are: TASKS_DIR, or the tasks/ directory beside the code."""
         return self.tasks_dir or Path(__file__).resolve().parents[2] / "tasks"
+
+    @property
+    def train_base_model_list(self) -> list[str]:
+        return [m.strip() for m in self.train_base_models.split(",") if m.strip()]
+
+    @property
+    def training_root(self) -> Path:
+        """Where training jobs write: TRAINING_DIR, or CACHE_DIR/training."""
+        return self.training_dir or self.cache_dir / "training"
 
     @property
     def served_model(self) -> str:

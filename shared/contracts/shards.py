@@ -87,9 +87,11 @@ def is_shard_ref(payload: Any) -> bool:
 
 def plan_shards(options: JobOptions, total: int, shard_size: int) -> list[ShardRef]:
     """Consecutive idx ranges of at most `shard_size` items; a job with no items is one empty shard
-    (a worker records it completed)."""
+    (a worker records it completed). A training job is one shard whatever its size: it trains whole."""
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
+    if options.training is not None:
+        shard_size = max(total, 1)
     count = max(1, -(-total // shard_size))
     opts = JobOptions.model_validate(options.model_dump(by_alias=True, include=set(JobOptions.model_fields)))
     return [ShardRef(job=opts, total=total, shard=k, shards=count, start=k * shard_size,

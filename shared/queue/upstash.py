@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,8 +47,10 @@ from shared.contracts.models import Job
 from shared.contracts.settings import DEFAULTS, Settings
 from shared.contracts.shards import ShardRef, is_shard_ref
 
-Priority = Literal["high", "default"]
-PRIORITIES: tuple[Priority, ...] = ("high", "default")
+#: the lanes entries wait in: "high" drains first; "train" holds training jobs, which only workers that train
+#: take (handler/training/run.py)
+Priority = Literal["high", "default", "train"]
+PRIORITIES: tuple[Priority, ...] = ("high", "default", "train")
 
 #: Upstash's limit on one command, "Free" and "Pay as you go" plans (bigger plans allow more: pass
 #: `max_request_bytes`); https://upstash.com/docs/redis/troubleshooting/max_request_size_exceeded
@@ -237,13 +240,15 @@ return {redis.call('GET', KEYS[2]) or '', redis.call('XRANGE', KEYS[1], ARGV[1],
 """
 
 # KEYS: q:high, q:default, processing, delayed, dead
+# KEYS: the lanes (high, default, train), processing, delayed, dead
 _STATS = """
-return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), redis.call('ZCARD', KEYS[3]),
-        redis.call('ZCARD', KEYS[4]), redis.call('LLEN', KEYS[5])}
+return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), redis.call('LLEN', KEYS[3]),
+        redis.call('ZCARD', KEYS[4]), redis.call('ZCARD', KEYS[5]), redis.call('LLEN', KEYS[6])}
 """
 _LIST = """
 return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('LRANGE', KEYS[2], 0, -1),
-        redis.call('ZRANGE', KEYS[3], 0, -1), redis.call('ZRANGE', KEYS[4], 0, -1)}
+        redis.call('LRANGE', KEYS[3], 0, -1), redis.call('ZRANGE', KEYS[4], 0, -1),
+        redis.call('ZRANGE', KEYS[5], 0, -1)}
 """
 
 
@@ -391,15 +396,17 @@ class JobQueue:
 
     # ## Consuming
 
-    async def reserve(self, worker_id: str, lease_s: float) -> Lease | None:
-        """Take the next entry (high first) with a lease of its own; None when nothing is ready. Never blocks.
+    async def reserve(self, worker_id: str, lease_s: float, *,
+                      lanes: Sequence[Priority] = ("high", "default")) -> Lease | None:
+        """Take the next entry from `lanes`, in their order (high, then default; the train lane only for
+        workers that train) with a lease of its own; None when nothing is ready. Never blocks.
 
         The document is parsed in a thread: a big inline job must not stall the event loop, where
         the heartbeats of the jobs already running are.
         """
         token = secrets.token_hex(12)
         got = await self._eval("reserve", _RESERVE, [self._k("processing"), self._k("delayed"),
-                               self._k("q", "high"), self._k("q", "default")],
+                               *(self._k("q", lane) for lane in lanes)],
                                [self.p, worker_id, int(lease_s * 1000), token])
         if not got:
             return None

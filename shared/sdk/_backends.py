@@ -344,18 +344,25 @@ class ModalBackend(_Stored):
     as it is stored; the job runs while the stream is read (closing it stops the job, and a
     re-submit with the same id resumes). Results are read from the store Settings configure."""
 
-    def __init__(self, settings: Settings, *, live: bool = False, cls: Any = None, store: Any = None):
-        if cls is None:
+    def __init__(self, settings: Settings, *, live: bool = False, cls: Any = None, store: Any = None,
+                 train: Any = None):
+        """`train`: the training function (modal_app.py `train`), which training jobs are spawned on."""
+        if cls is None or train is None:
             import modal
 
-            cls = modal.Cls.from_name(settings.modal_app_name, settings.modal_class_name)
-        self._cls = cls
+            cls = cls or modal.Cls.from_name(settings.modal_app_name, settings.modal_class_name)
+            train = train or modal.Function.from_name(settings.modal_app_name, settings.modal_train_function)
+        self._cls, self._train = cls, train
         self.live = live
         self.lifecycle = _lifecycle(settings, store, None)  # reads only: jobs are spawned on Modal
         self._calls: dict[str, Any] = {}  # job id -> FunctionCall (spawned)
         self._jobs: dict[str, Job] = {}  # job id -> job (live, not started yet)
 
     async def submit(self, job: Job) -> dict[str, Any]:
+        if job.training is not None:  # on the training function's GPU; its outcome is its final event
+            call = await self._train.spawn.aio(job.wire())
+            self._calls[job.id] = call
+            return {"id": job.id, "status": "queued", "call_id": call.object_id}
         if self.live:
             self._jobs[job.id] = job
             return {"id": job.id, "status": "queued"}

@@ -29,6 +29,7 @@ from shared.contracts.settings import Settings, get_settings
 from shared.contracts.tasks import Task, load_tasks
 from shared.queue.runpod import RunpodClient
 from shared.sdk._backends import Backend, HttpBackend, LocalBackend, ModalBackend, RunpodBackend
+from shared.sdk._training import Examples, training_document
 
 if TYPE_CHECKING:
     from shared.sdk._evals import AsyncEvals, AsyncSchedules, Evals, Schedules
@@ -179,6 +180,16 @@ class AsyncClient:
         answer = await self._backend.submit(validated)
         return AsyncJob(self._backend, answer.get("id", validated.id), answer)
 
+    async def train(self, data: Examples, *, adapter: str, held_out: Examples | None = None, id: str | None = None,
+                    **config: Any) -> AsyncJob:
+        """Start a training job (README, "Fine-tuning"): a LoRA adapter named `adapter`, trained on `data` (a
+        directory `llm-jobs data prepare` wrote, a JSONL file or a list of chat examples), measured on
+        `held_out` (a directory's eval.jsonl by default). `config` is TrainConfig's fields: max_steps, epochs,
+        learning_rate, lora={"r": 16, ...}, batch_size, ... Its `stream()` yields TrainEvents (step, loss,
+        eval loss, learning rate, tokens/s, ETA); `wait()` ends with the TrainReport in `summary.training`."""
+        doc = await asyncio.to_thread(training_document, data, adapter=adapter, held_out=held_out, id=id, **config)
+        return await self.submit(doc)
+
     async def tasks(self) -> list[dict[str, Any]]:
         """The named tasks a job may name (`submit(records, task="grade-ca")`): each one's id, description,
         the fields its template reads, and the options it sets. Through the API, the server's; else this
@@ -311,6 +322,12 @@ class Client:
 
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self._portal, self._async.job(job_id))
+
+    def train(self, data: Examples, *, adapter: str, held_out: Examples | None = None, id: str | None = None,
+              **config: Any) -> JobHandle:
+        """See AsyncClient.train."""
+        return JobHandle(self._portal, self._portal.call(
+            lambda: self._async.train(data, adapter=adapter, held_out=held_out, id=id, **config)))
 
     def tasks(self) -> list[dict[str, Any]]:
         return self._portal.call(self._async.tasks)

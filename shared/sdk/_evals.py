@@ -108,16 +108,17 @@ class AsyncEvals:
     async def get_suite(self, suite_id: str) -> dict[str, Any]:
         return await self.backend.call("GET", f"/v1/evals/suites/{suite_id}")
 
-    async def run(self, suite: SuiteInput, *, model: str | None = None, baseline: str | None = None,
-                  id: str | None = None, git_rev: str | None = None) -> AsyncEvalRun:
-        """Run a suite as a job: a file or document (stored first), or a stored suite's id. `baseline`: a run
-        id of the same suite, or "last". The same `id` again answers the run that has it."""
+    async def run(self, suite: SuiteInput, *, model: str | None = None, adapter: str | None = None,
+                  baseline: str | None = None, id: str | None = None, git_rev: str | None = None) -> AsyncEvalRun:
+        """Run a suite as a job: a file or document (stored first), or a stored suite's id. `adapter`: the LoRA
+        adapter that answers the cases (`client.models()` lists them). `baseline`: a run id of the same suite, or
+        "last". The same `id` again answers the run that has it."""
         if isinstance(suite, dict) or _is_file(suite):
             suite_id = (await self.put_suite(suite))["id"]
         else:
             suite_id = str(suite)
-        body = {"suite": suite_id, "model": model, "baseline": baseline, "id": id or new_run_id(suite_id),
-                "git_rev": git_rev}
+        body = {"suite": suite_id, "model": model, "adapter": adapter, "baseline": baseline,
+                "id": id or new_run_id(suite_id), "git_rev": git_rev}
         view = await self.backend.call("POST", "/v1/evals/runs", json={k: v for k, v in body.items()
                                                                        if v is not None})
         return AsyncEvalRun(self, view)

@@ -64,7 +64,10 @@ class QueueDispatcher:
         self.events = QueueEvents(queue)
 
     def _priority(self, ref: ShardRef) -> Priority:
-        """The job's own priority when it asks for "high"; else this dispatcher's (the CLI's --priority)."""
+        """A training job's lane is "train"; else the job's own priority when it asks for "high", else this
+        dispatcher's (the CLI's --priority)."""
+        if ref.job.training is not None:
+            return "train"
         return "high" if ref.job.priority == "high" else self.priority
 
     def check(self, ref: ShardRef) -> None:
@@ -100,6 +103,7 @@ class LocalDispatcher:
         self._boot_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(settings.jobs_per_worker)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._trainer: Any = None
 
     async def service(self) -> Any:
         async with self._boot_lock:
@@ -124,13 +128,27 @@ class LocalDispatcher:
         job = first.model_copy(update={"shard": 0, "shards": 1, "start": 0, "end": first.total})
         if job.job_id in self._tasks:
             return
+        self.events.forget(job.job_id)  # a job submitted again: a new run, a new stream (as the queue's resubmit)
         self._tasks[job.job_id] = asyncio.create_task(self._run(job), name=f"job-{job.job_id}")
+
+    def _events(self, job: ShardRef) -> Any:
+        """A training job's trainer, booting no engine (handler/training/run.py); else the service's runner."""
+        if job.job.training is not None:
+            from handler.training.run import Trainer
+
+            if self._trainer is None:
+                self._trainer = Trainer(self.settings)
+            if self.settings.train_jobs:
+                return self._trainer.run(job, self.store)
+        return None
 
     async def _run(self, job: ShardRef) -> None:
         try:
             async with self._slots:
-                service = await self.service()
-                async for event in service.events(job):
+                events = self._events(job)
+                if events is None:
+                    events = (await self.service()).events(job)
+                async for event in events:
                     self.events.publish(job.job_id, event)
         except asyncio.CancelledError:
             raise  # the runner recorded `cancelled`; cancel() publishes the final event
@@ -167,6 +185,11 @@ class LocalDispatcher:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
+#: the prefix of a training job's RunPod request id in the store (`set_dispatch_ref`): it was sent where training
+#: jobs go, so that is where /cancel goes. The RunPod handler writes the same (handler/platforms/runpod.py)
+TRAIN_REF = "train:"
+
+
 class RunpodDispatcher:
     """POSTs each shard's reference to a RunPod endpoint's /run; the workers there write to the same
     store. RunPod's autoscaler fans the shards out (the endpoint's max workers).
@@ -177,13 +200,23 @@ class RunpodDispatcher:
     it running when it begins). The RunPod request ids are kept in the store (`set_dispatch_ref`,
     comma-separated, one per shard), not in this process, so any API replica, or this one after a
     restart, cancels the run.
+
+    Training jobs (one shard each) go to `train_client`, a second endpoint (RUNPOD_TRAIN_ENDPOINT_ID: the
+    same image with TRAIN_JOBS=true on a training GPU), when there is one; else to the main endpoint, whose
+    workers must then train too. Their request id is kept as `train:<id>`, so /cancel goes there as well.
     """
 
     name = "runpod"
     events = None
 
-    def __init__(self, client: RunpodClient, store: Store, *, retry_s: float = DEFAULTS.store_retry_s):
+    def __init__(self, client: RunpodClient, store: Store, *, train_client: RunpodClient | None = None,
+                 retry_s: float = DEFAULTS.store_retry_s):
         self.client, self.store, self.retry_s = client, store, retry_s
+        self.train_client = train_client
+
+    def _client(self, training: bool) -> RunpodClient:
+        """Where a job goes (training: the training endpoint, when there is one)."""
+        return self.train_client if training and self.train_client is not None else self.client
 
     def check(self, ref: ShardRef) -> None:
         """PayloadTooLarge when the reference's /run body is over RunPod's limit."""
@@ -191,18 +224,20 @@ class RunpodDispatcher:
 
     async def submit(self, refs: Sequence[ShardRef]) -> None:
         job_id = refs[0].job_id
+        training = refs[0].job.training is not None
+        client = self._client(training)
         run_ids: list[str] = []
         try:
             for ref in refs:
-                run_ids.append((await self.client.run(ref.wire()))["id"])
+                run_ids.append((await client.run(ref.wire()))["id"])
         except (RunpodError, PayloadTooLarge):
             for run_id in run_ids:  # the job is recorded failed: stop the shards that went out
                 with contextlib.suppress(RunpodError):
-                    await self.client.cancel(run_id)
+                    await client.cancel(run_id)
             with contextlib.suppress(StoreError):  # no request id is known: an earlier run's is stale
                 await self.store.set_dispatch_ref(job_id, None)
             raise
-        ref_ids = ",".join(run_ids)
+        ref_ids = ",".join(f"{TRAIN_REF}{run_id}" if training else run_id for run_id in run_ids)
         try:
             await retrying(lambda: self.store.set_dispatch_ref(job_id, ref_ids), within_s=self.retry_s)
         except StoreError:  # the job runs; failing it here would invite a second /run
@@ -210,52 +245,65 @@ class RunpodDispatcher:
                           job_id, ref_ids)
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel every shard's request; True when RunPod cancelled them all."""
+        """Cancel every shard's request, each on the endpoint it went to; True when RunPod cancelled them all."""
         ref_ids = await self.store.get_dispatch_ref(job_id)
         if ref_ids is None:
             return False
-        answers = [await self.client.cancel(run_id) for run_id in ref_ids.split(",") if run_id]
+        answers = []
+        for ref_id in filter(None, ref_ids.split(",")):
+            training = ref_id.startswith(TRAIN_REF)
+            answers.append(await self._client(training).cancel(ref_id.removeprefix(TRAIN_REF)))
         return bool(answers) and all(a.get("status") == "CANCELLED" for a in answers)
 
     async def ready(self) -> dict[str, Any]:
-        return {"runpod": await self.client.health()}
+        out = {"runpod": await self.client.health()}
+        if self.train_client is not None:
+            out["runpod_train"] = await self.train_client.health()
+        return out
 
     async def close(self) -> None:
         await self.client.aclose()
+        if self.train_client is not None:
+            await self.train_client.aclose()
 
 
 class ModalDispatcher:
     """Spawns `LLMJobs.run` once per shard on the deployed Modal app (its containers fan them out, up
-    to the class's `max_containers`); each writes to the same store."""
+    to the class's `max_containers`); each writes to the same store. A training job's one shard is spawned
+    on the `train` function instead: its own GPU and the training volume, and no vLLM (modal_app.py)."""
 
     name = "modal"
     events = None
 
-    def __init__(self, cls: Any):
-        """`cls`: the LLMJobs class, from modal_app.py or `modal.Cls.from_name(app, "LLMJobs")`."""
-        import modal
-
-        self._modal = modal
+    def __init__(self, cls: Any, train: Any):
+        """`cls`: the LLMJobs class, from modal_app.py or `modal.Cls.from_name(app, "LLMJobs")`; `train`: the
+        training function, from modal_app.py or `modal.Function.from_name(app, "train")`."""
         self._cls = cls
-        self._calls: dict[str, list[str]] = {}  # job id -> one FunctionCall id per shard
+        self._train = train
+        self._calls: dict[str, list[Any]] = {}  # job id -> one FunctionCall per shard
 
     def check(self, ref: ShardRef) -> None:
         """Modal's arguments carry a reference, which does not grow with the job."""
 
     async def submit(self, refs: Sequence[ShardRef]) -> None:
-        calls = [await self._cls().run.spawn.aio(ref.wire()) for ref in refs]
-        self._calls[refs[0].job_id] = [call.object_id for call in calls]
+        if refs[0].job.training is not None:
+            calls = [await self._train.spawn.aio(ref.wire()) for ref in refs]
+        else:
+            calls = [await self._cls().run.spawn.aio(ref.wire()) for ref in refs]
+        self._calls[refs[0].job_id] = calls
 
     async def cancel(self, job_id: str) -> bool:
-        call_ids = self._calls.get(job_id)
-        if not call_ids:
+        """Cancel every call of the job (`LLMJobs.run` or `train` alike); its runner records `cancelled`."""
+        calls = self._calls.get(job_id)
+        if not calls:
             return False
-        for call_id in call_ids:
-            await self._modal.FunctionCall.from_id(call_id).cancel.aio()
+        for call in calls:
+            await call.cancel.aio()
         return True
 
     async def ready(self) -> dict[str, Any]:
         await self._cls.hydrate.aio()
+        await self._train.hydrate.aio()
         return {"modal": "reachable"}
 
     async def close(self) -> None: ...
@@ -267,13 +315,19 @@ def make_dispatcher(settings: Settings, store: Store) -> Dispatcher:
     if settings.dispatcher == "runpod":
         if not (settings.runpod_endpoint_id and settings.runpod_api_key):
             raise ConfigError("DISPATCHER=runpod needs RUNPOD_ENDPOINT_ID and RUNPOD_API_KEY")
-        return RunpodDispatcher(RunpodClient(settings.runpod_endpoint_id, settings.runpod_api_key.get_secret_value(),
-                                             base_url=settings.runpod_base_url, timeout_s=settings.http_timeout_s),
-                                store, retry_s=settings.store_retry_s)
+        key = settings.runpod_api_key.get_secret_value()
+
+        def client(endpoint_id: str) -> RunpodClient:
+            return RunpodClient(endpoint_id, key, base_url=settings.runpod_base_url, timeout_s=settings.http_timeout_s)
+
+        train = settings.runpod_train_endpoint_id
+        return RunpodDispatcher(client(settings.runpod_endpoint_id), store,
+                                train_client=client(train) if train else None, retry_s=settings.store_retry_s)
     if settings.dispatcher == "modal":
         import modal
 
-        return ModalDispatcher(modal.Cls.from_name(settings.modal_app_name, settings.modal_class_name))
+        return ModalDispatcher(modal.Cls.from_name(settings.modal_app_name, settings.modal_class_name),
+                               modal.Function.from_name(settings.modal_app_name, settings.modal_train_function))
     return LocalDispatcher(settings, store)
 
 

@@ -68,7 +68,23 @@ class JobLifecycle:
         A job whose shard reference its dispatcher's transport cannot carry (over Upstash's or RunPod's
         size limit: its options, never its items, travel) raises PayloadTooLarge before anything is
         recorded or sent."""
+        if job.training is not None:
+            await self._check_adapter_name(job)
         return await self._submit(job, job.total, lambda: self._stage(job))
+
+    async def _check_adapter_name(self, job: Job) -> None:
+        """A training job may replace an adapter only if its owner made it: adapter names are the
+        deployment's (batch jobs name them), so another owner's, or one an operator put by hand, is refused
+        (an InputError) unless an admin (no owner) submits it."""
+        assert job.training is not None
+        name = job.training.adapter
+        existing = await self.store.get_adapter(name)
+        if existing is None or job.owner is None:
+            return
+        maker = await self.store.get_job(existing.job_id) if existing.job_id else None
+        if maker is None or maker.owner != job.owner:
+            raise InputError([Issue(f"adapter '{name}' exists and is not yours: train under another name",
+                                    field="training.adapter")])
 
     async def submit_file(self, options: JobOptions, file_id: str) -> Accepted:
         """A job whose items are an uploaded file's lines (an OpenAI batch): the same as `submit`, with

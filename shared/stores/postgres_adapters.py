@@ -1,14 +1,19 @@
-"""The adapters table on Postgres (shared/stores/adapters.py): a mixin of PostgresStore, on its pool."""
+"""The adapters table on Postgres (shared/stores/adapters.py): a mixin of PostgresStore, on its pool.
+Config and metrics are jsonb: they go as `Jsonb` and come back as dicts."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from shared.contracts.adapters import AdapterRecord
-from shared.stores.adapters import ADAPTER_COLUMNS, adapter_row, row_adapter
+from psycopg.types.json import Jsonb
 
-_PUT = (f"insert into adapters ({', '.join(ADAPTER_COLUMNS)}) values ({', '.join(['%s'] * len(ADAPTER_COLUMNS))}) "
-        "on conflict (name) do update set base_model = excluded.base_model, path = excluded.path")
+from shared.contracts.adapters import AdapterRecord
+from shared.stores.adapters import ADAPTER_COLUMNS, ADAPTER_JSON, adapter_row, row_adapter
+
+_INSERT = (f"insert into adapters ({', '.join(ADAPTER_COLUMNS)}) "
+           f"values ({', '.join(['%s'] * len(ADAPTER_COLUMNS))}) ")
+_PUT = _INSERT + "on conflict (name) do update set " + ", ".join(f"{c} = excluded.{c}" for c in ADAPTER_COLUMNS[1:])
+_PUT_NEW = _INSERT + "on conflict (name) do nothing"
 
 
 class PostgresAdapters:
@@ -16,10 +21,11 @@ class PostgresAdapters:
 
     _cursor: Any
 
-    async def put_adapter(self, rec: AdapterRecord) -> None:
+    async def put_adapter(self, rec: AdapterRecord, *, replace: bool = True) -> None:
         row = adapter_row(rec)
+        values = tuple(Jsonb(row[c]) if c in ADAPTER_JSON and row[c] is not None else row[c] for c in ADAPTER_COLUMNS)
         async with self._cursor() as cur:
-            await cur.execute(_PUT, tuple(row[c] for c in ADAPTER_COLUMNS))
+            await cur.execute(_PUT if replace else _PUT_NEW, values)
 
     async def get_adapter(self, name: str) -> AdapterRecord | None:
         async with self._cursor() as cur:

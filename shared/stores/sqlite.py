@@ -34,7 +34,7 @@ from shared.stores.base import (
     row_json,
     row_result,
 )
-from shared.stores.sqlite_adapters import ADAPTER_SCHEMA, SQLiteAdapters
+from shared.stores.sqlite_adapters import ADAPTER_ADDED_COLUMNS, ADAPTER_SCHEMA, SQLiteAdapters
 from shared.stores.sqlite_evals import EVAL_SCHEMA, SQLiteEvals
 
 SCHEMA = """
@@ -116,7 +116,8 @@ SCHEMA_VERSION = 2
 #: older version gets them when a store opens it
 ADDED_COLUMNS = {"jobs": {"dispatch_ref": "text", "staged": "integer not null default 0",
                           "prompt_tokens": "integer not null default 0",
-                          "completion_tokens": "integer not null default 0", "task": "text"}}
+                          "completion_tokens": "integer not null default 0", "task": "text"},
+                 **ADAPTER_ADDED_COLUMNS}
 
 #: indexes on ADDED_COLUMNS: made once those are there
 LATE_INDEXES = """

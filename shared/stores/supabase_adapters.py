@@ -1,7 +1,9 @@
 """The adapters table on Supabase (shared/stores/adapters.py): `SupabaseStore`'s share of `AdapterStore`.
 
-A put is an upsert on the name that sends the name, base model and path only, so a row made earlier keeps
-its `created_at`. A list is one request: adapters are few (a page of `_PAGE` at a time all the same).
+A put is an upsert on the name that sends every column but `created_at`, so a row made earlier keeps it;
+`replace=False` asks PostgREST to ignore a duplicate (`on conflict do nothing`). Config and metrics go and
+come back as JSON objects (jsonb). A list is one request: adapters are few (a page of `_PAGE` at a time all
+the same).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ class SupabaseAdapters:
     _mapped: Any
     _pages: Any
 
-    async def put_adapter(self, rec: AdapterRecord) -> None:
+    async def put_adapter(self, rec: AdapterRecord, *, replace: bool = True) -> None:
         async with self._mapped("put_adapter") as db:
-            await db.table("adapters").upsert(adapter_row(rec), on_conflict="name",
+            await db.table("adapters").upsert(adapter_row(rec), on_conflict="name", ignore_duplicates=not replace,
                                               returning=ReturnMethod.minimal).execute()
 
     async def get_adapter(self, name: str) -> AdapterRecord | None:

@@ -146,3 +146,74 @@ async def test_a_job_of_several_shards_is_one_run_each_and_cancel_reaches_them_a
     assert runpod.seen.cancels == run_ids
     assert cancelled.stopped_before_start and cancelled.record.status == JobStatus.cancelled
     await lifecycle.close()
+
+
+# ## Training jobs: a training endpoint of their own (issue 16)
+
+TRAIN_ENDPOINT = "ep-train"
+
+
+def training_job(n: int, **options):
+    from shared.contracts.models import Item, Job
+    from shared.contracts.training import TrainConfig
+
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    return Job(items=[Item(custom_id=f"train-{i}", messages=chat) for i in range(n)],
+               training=TrainConfig(adapter="my-adapter"), **options)
+
+
+@pytest.fixture
+def runpod_train():
+    """A second endpoint (its own stand-in, so what each one saw stays apart)."""
+    from testkit.runpod_api import FakeRunpod
+
+    api = FakeRunpod(api_key=KEY).start()
+    yield api
+    api.stop()
+
+
+async def test_a_training_job_goes_to_the_training_endpoint_and_is_cancelled_there(runpod, runpod_train, store,
+                                                                                   tmp_path):
+    train_client = RunpodClient(TRAIN_ENDPOINT, KEY, base_url=f"{runpod_train.url}/v2", timeout_s=5)
+    dispatcher = RunpodDispatcher(client(runpod), store, train_client=train_client)
+    lifecycle = JobLifecycle(store, dispatcher, settings(tmp_path, runpod, shard_size=2))
+    await lifecycle.submit(training_job(5, id="tune"))
+    await lifecycle.submit(make_job(3, id="batch"))
+    ((train_run, train_input),) = runpod_train.seen.runs  # one /run: a training job trains whole
+    assert train_input["job"]["id"] == "tune" and train_input["job"]["training"]["adapter"] == "my-adapter"
+    assert [r["job"]["id"] for _, r in runpod.seen.runs] == ["batch", "batch"]
+    assert await store.get_dispatch_ref("tune") == f"train:{train_run}"
+
+    cancelled = await lifecycle.cancel("tune")
+    assert runpod_train.seen.cancels == [train_run] and runpod.seen.cancels == []
+    assert cancelled.stopped_before_start and cancelled.record.status == JobStatus.cancelled
+    assert set(await dispatcher.ready()) == {"runpod", "runpod_train"}
+    await lifecycle.close()
+
+
+async def test_with_no_training_endpoint_a_training_job_goes_to_the_main_one(runpod, store):
+    dispatcher = replica(runpod, store)
+    job = training_job(2, id="tune-main")
+    await store.accept(job)
+    await dispatcher.submit(refs(job))
+    ((run_id, _),) = runpod.seen.runs
+    assert await store.get_dispatch_ref("tune-main") == f"train:{run_id}"
+    assert await dispatcher.cancel("tune-main") is True and runpod.seen.cancels == [run_id]
+    await dispatcher.close()
+
+
+async def test_make_dispatcher_gives_training_jobs_their_endpoint(runpod, store, tmp_path):
+    dispatcher = make_dispatcher(settings(tmp_path, runpod, runpod_train_endpoint_id=TRAIN_ENDPOINT), store)
+    assert str(dispatcher.train_client._http.base_url).endswith(f"/v2/{TRAIN_ENDPOINT}/")
+    assert str(dispatcher.client._http.base_url).endswith(f"/v2/{ENDPOINT}/")
+    await dispatcher.close()
+    plain = make_dispatcher(settings(tmp_path, runpod), store)
+    assert plain.train_client is None
+    await plain.close()
+
+
+def test_the_handler_and_the_dispatcher_mark_training_requests_alike():
+    from handler.platforms import runpod as handler
+    from shared.server import dispatch
+
+    assert handler.TRAIN_REF == dispatch.TRAIN_REF

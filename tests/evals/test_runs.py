@@ -92,8 +92,9 @@ async def test_a_killed_run_resumes_and_scores_no_case_twice(tmp_path):
     await store._run("delete from eval_case_results where run_id = 'r1' and case_id = 'q00'")
     again, added_again = await run_once(store, suite, engine, "r1")
     assert again.outcome is Outcome.completed
-    # the re-run scored the six cases it ran; `finish` scored q00, which had a result and no score
-    assert (added_first, added_again) == (6, 6)
+    # the re-run scored the cases it ran, and `finish` scored q00, which had a result and no score: every case
+    # once (how many the first run got through before its stop depends on timing: 6, or 7 after a GC pause)
+    assert added_first + added_again == 12
     # nothing stored ran twice either: only what was in flight at the kill (aborted) ran again
     assert engine.started.count("q00") == 1 and len(engine.started) == 12 + len(engine.cancelled) <= 13
     scores = await all_scores(store, "r1")

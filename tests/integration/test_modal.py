@@ -45,7 +45,8 @@ def test_gpu_class_config_through_info():
     assert info.concurrency_info.max_inputs == modal_app.JOBS_PER_CONTAINER > 1
     assert {path: v.name for path, v in info.volumes.items()} == {
         "/root/.cache/huggingface": "llm-jobs-hf-cache", "/root/.cache/vllm": "llm-jobs-vllm-cache",
-        "/root/adapters": "llm-jobs-adapters"}  # LoRA adapters, served when ADAPTERS_DIR names it
+        "/root/adapters": "llm-jobs-adapters",  # LoRA adapters, served when ADAPTERS_DIR names it
+        "/root/training": "llm-jobs-training"}  # trained adapters, read-only (tests/dispatch/test_modal_training.py)
     assert all(any(name in s for s in info.secrets) for name in modal_app.SECRET_NAMES)
     assert set(info.method_names) == {"stream", "run", "drain"}
     assert modal_app.SCALEDOWN_WINDOW_S >= 60

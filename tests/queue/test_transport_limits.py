@@ -236,5 +236,6 @@ async def test_the_api_answers_413_for_options_over_the_limit_and_queues_nothing
         small = await client.post("/v1/jobs", json=big_job("small", 1000).wire())
         assert small.status_code == 202  # the same server queues a job that fits
     queue = app.state.llm_jobs.lifecycle.dispatcher.queue
-    assert await queue.list() == {"queued_high": [], "queued_default": ["small"], "running": [], "retrying": []}
+    assert await queue.list() == {"queued_high": [], "queued_default": ["small"], "queued_train": [], "running": [],
+                                  "retrying": []}
     await app.state.llm_jobs.lifecycle.close()

@@ -16,6 +16,7 @@ import pytest
 
 from shared.contracts.errors import InputError
 from shared.contracts.inputs import parse_job, parse_job_document, parse_job_text
+from shared.contracts.jsontext import JsonProblem, loads_document
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings
 from shared.server.api import create_app
@@ -160,6 +161,17 @@ def test_a_deep_jsonl_line_is_an_issue_naming_the_line():
     with pytest.raises(InputError) as e:
         parse_job_text(text, strict=True)
     assert [i.line for i in e.value.issues] == [2]
+
+
+def test_a_number_of_more_digits_than_python_converts_is_an_issue_naming_the_line():
+    huge = "9" * 5000
+    job = parse_job_text('{"custom_id": "a", "prompt": "x"}\n{"custom_id": "b", "fields": {"v": ' + huge + "}}\n")
+    (r,) = job.rejected
+    assert r.line == 2 and "digits" in r.message
+    with pytest.raises(JsonProblem, match="digits"):  # a whole document, in pieces or whole
+        loads_document('{"items": [{"custom_id": "b", "fields": {"v": ' + huge + "}}]}")
+    with pytest.raises(JsonProblem, match="digits"):
+        loads_document("[" + huge + "]")
 
 
 @pytest.mark.parametrize("depth", [300, 100_000])

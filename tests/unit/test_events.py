@@ -21,6 +21,7 @@ from shared.contracts.events import (
     GapEvent,
     Outcome,
     ProgressEvent,
+    TrainEvent,
     parse_event,
 )
 from shared.contracts.models import Item, Job, JobStatus, Rejection, Summary
@@ -39,11 +40,11 @@ def test_every_event_type_round_trips_through_json(event):
         assert type(back) is type(event) and back == event
 
 
-def test_the_five_types_are_the_union():
+def test_the_six_types_are_the_union():
     union, _ = typing.get_args(Event)  # Annotated[ChunkEvent | ... , Field(discriminator="type")]
-    assert set(typing.get_args(union)) == {ChunkEvent, ProgressEvent, ErrorEvent, FinalEvent, GapEvent}
-    assert [type(e) for e in EVENTS] == [ChunkEvent, ProgressEvent, ErrorEvent, GapEvent, FinalEvent]
-    assert [e.type for e in EVENTS] == ["chunk", "progress", "error", "gap", "final"]
+    assert set(typing.get_args(union)) == {ChunkEvent, ProgressEvent, ErrorEvent, FinalEvent, GapEvent, TrainEvent}
+    assert [type(e) for e in EVENTS] == [ChunkEvent, ProgressEvent, ErrorEvent, GapEvent, TrainEvent, FinalEvent]
+    assert [e.type for e in EVENTS] == ["chunk", "progress", "error", "gap", "train", "final"]
 
 
 def test_a_gap_event_from_the_start_says_so_and_has_a_default_reason():

@@ -58,3 +58,25 @@ async def test_spawned_and_live_jobs(tmp_path):
         assert [e.type for e in events] == ["chunk", "chunk", "chunk", "final"]
         assert (await job.wait()).status == "completed"
         assert (await sdk.get("live"))["completed"] == 5
+
+
+async def test_a_training_job_is_spawned_on_the_training_function(tmp_path):
+    settings = Settings(_env_file=None, sqlite_path=tmp_path / "m.db")
+    store = SQLiteStore(tmp_path / "m.db")
+    spawned: list[dict] = []
+
+    async def spawn(doc):  # modal.Function.from_name("llm-jobs", "train"): its final event is the call's value
+        spawned.append(doc)
+        final = {"type": "final", "job_id": doc["id"], "outcome": "completed",
+                 "summary": {"total": 1, "completed": 1, "failed": 0, "elapsed_s": 1, "items_per_s": 1,
+                             "prompt_tokens": 9, "completion_tokens": 0, "tokens_per_s": 9,
+                             "training": {"adapter": "a1"}}}
+        return SimpleNamespace(object_id="fc-train", get=SimpleNamespace(aio=lambda: asyncio.sleep(0, final)))
+
+    train = SimpleNamespace(spawn=SimpleNamespace(aio=spawn))
+    service = JobService(FakeEngine(), settings, store=store)
+    async with AsyncClient("modal", settings=settings, cls=deployed(service), train=train, store=store) as sdk:
+        job = await sdk.train([{"messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]}],
+                              adapter="a1", id="t1", max_steps=3)
+        assert job.submitted["call_id"] == "fc-train" and spawned[0]["training"]["adapter"] == "a1"
+        assert (await job.wait()).summary.training == {"adapter": "a1"}

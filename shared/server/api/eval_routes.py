@@ -113,7 +113,8 @@ async def history(suite_id: str, state: AppState, who: Caller,
                        **_INVALID, 413: {"model": Problem}, **ERRORS}, openapi_extra=_json_body(EvalRunIn))
 async def start_run(request: Request, state: AppState, who: Caller) -> JSONResponse:
     """Run a stored suite's latest version as a job (the same `id` again resumes nothing new: it answers the
-    run). Its scores and regressions are at `GET /v1/evals/runs/{id}` once it has ended."""
+    run). `adapter` has a LoRA adapter answer the cases; one the workers cannot serve fails the run's job before
+    any case runs. Its scores and regressions are at `GET /v1/evals/runs/{id}` once it has ended."""
     body = await _small(request, EvalRunIn)
     store = state.lifecycle.store
     try:
@@ -126,7 +127,7 @@ async def start_run(request: Request, state: AppState, who: Caller) -> JSONRespo
     if suite is None:
         raise InputError([Issue(f"suite {body.suite!r} has no stored version", field="suite")])
     baseline = body.baseline if body.baseline in (None, "last") else _own(who, body.baseline, owner)
-    run, job = await open_run(store, suite, owner=owner, model=body.model, baseline=baseline,
+    run, job = await open_run(store, suite, owner=owner, model=body.model, adapter=body.adapter, baseline=baseline,
                               run_id=_own(who, body.id, owner) if body.id else None, git_rev=body.git_rev)
     accepted = await state.lifecycle.submit(job)
     view = _run_view(await store.get_run(run.id) or run, who, progress=accepted.total)

@@ -40,12 +40,15 @@ class EvalRunIn(BaseModel):
     model: str | None = Field(default=None, max_length=256)
     #: a run of the same suite to compare with: its id, or "last" (its newest finished run)
     baseline: str | None = Field(default=None, max_length=128)
+    #: the LoRA adapter that answers the cases (`GET /v1/models` lists them) [default: none, the model itself]
+    adapter: str | None = Field(default=None, pattern=ID_PATTERN, description="a LoRA adapter's name")
     #: the run's id, which is also its job's: the idempotency key [default: new]
     id: str | None = Field(default=None, pattern=ID_PATTERN, description=_ID_RULE)
     #: the code revision to record with the run
     git_rev: str | None = Field(default=None, max_length=64)
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"suite": "grading-ca", "model": "my-org/grader", "baseline": "last"}]})
+        {"suite": "grading-ca", "model": "my-org/grader", "baseline": "last"},
+        {"suite": "grading-ca", "adapter": "grades-ca", "baseline": "last"}]})
 
 
 class EvalRunView(BaseModel):

@@ -155,6 +155,9 @@ export class JobView {
       case "error":
         this.#say("error", `The job failed: ${data.error}`);
         break;
+      case "train": // a training job's step (README, "Fine-tuning")
+        this.#say("info", trainingLine(data));
+        break;
       case "gap": // events were dropped before we read them; every result is stored: read them again
         this.#reread(signal, true);
         break;
@@ -166,6 +169,11 @@ export class JobView {
   }
 
   #final(data, signal) {
+    const report = data.summary?.training;
+    if (report && typeof report.base_perplexity === "number" && typeof report.adapter_perplexity === "number") {
+      data = { ...data, summary: { ...data.summary, reason: data.summary.reason ??
+        `held-out perplexity ${report.base_perplexity.toFixed(2)} → ${report.adapter_perplexity.toFixed(2)}` } };
+    }
     const s = data.summary ?? {};
     const status = data.outcome === "stopped" ? "queued" : data.outcome;
     this.#applyCounts({ ...s, status }, true);
@@ -414,4 +422,19 @@ function resultCells(r) {
     el("td", { dataset: { field: "output" } }, output ? el("pre", {}, output) : ""),
     el("td", { dataset: { field: "error" } }, error),
   ];
+}
+
+/** One line for a training job's event: step, loss, held-out loss, tokens/s, ETA (all text, never markup). */
+function trainingLine(ev) {
+  const fixed = (v, n) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(n) : null);
+  const parts = [`Training: step ${Number(ev.step) || 0}/${Number(ev.max_steps) || 0}`];
+  if (fixed(ev.loss, 4)) parts.push(`loss ${fixed(ev.loss, 4)}`);
+  if (fixed(ev.eval_loss, 4)) parts.push(`held-out loss ${fixed(ev.eval_loss, 4)}`);
+  if (fixed(ev.perplexity, 3)) parts.push(`held-out perplexity (${String(ev.message ?? "")}) ${fixed(ev.perplexity, 3)}`);
+  if (fixed(ev.tokens_per_s, 0)) parts.push(`${fixed(ev.tokens_per_s, 0)} tokens/s`);
+  if (fixed(ev.eta_s, 0)) parts.push(`ETA ${fixed(ev.eta_s, 0)} s`);
+  if (ev.phase === "checkpoint" || ev.phase === "resume" || ev.phase === "export") {
+    parts.push(`${ev.phase}: ${String(ev.message ?? "")}`);
+  }
+  return parts.join(" · ");
 }
