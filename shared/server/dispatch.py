@@ -104,6 +104,8 @@ class LocalDispatcher:
         self._slots = asyncio.Semaphore(settings.jobs_per_worker)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._trainer: Any = None
+        #: it boots its own engine (none was given): closing it closes the engine
+        self._owns_engine = service is None
 
     async def service(self) -> Any:
         async with self._boot_lock:
@@ -183,6 +185,15 @@ class LocalDispatcher:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self._owns_engine and self._service is not None and self._service.engine is not None:
+            # the engine this dispatcher booted (`llm-jobs serve`): its vLLM processes end with it, never orphaned;
+            # the process's next one boots afresh
+            from handler.service import JobService
+
+            engine = self._service.engine
+            if JobService._process is not None and JobService._process.engine is engine:
+                JobService.adopt(None)
+            await engine.close()
 
 
 #: the prefix of a training job's RunPod request id in the store (`set_dispatch_ref`): it was sent where training
