@@ -12,7 +12,6 @@ through the API and its dispatcher: the queue, RunPod or Modal), and its events 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,9 +19,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from shared.cli.common import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, EXIT_JOB_FAILED, EXIT_OK, err, setup_logging
+from shared.cli.common import EXIT_JOB_FAILED, EXIT_OK, err, setup_logging
+from shared.cli.evals import run_or_exit
 from shared.cli.train_compare import compare
-from shared.contracts.errors import InputError, LLMJobsError
 from shared.contracts.events import ErrorEvent, FinalEvent, Outcome, TrainEvent
 from shared.contracts.settings import get_settings
 from shared.contracts.training import TrainReport
@@ -30,6 +29,8 @@ from shared.sdk import AsyncClient
 
 train_app = typer.Typer(help="Fine-tune LoRA adapters: start a training job, watch it, compare it with the base.",
                         no_args_is_help=True)
+
+INTERRUPTED = "interrupted; the job keeps its last checkpoint: start it again with the same --id to resume"
 
 train_app.command(help="Compare an adapter with its base: held-out perplexity, losses, and eval suites.")(compare)
 Backend = typer.Option("--backend", help="Where it runs: local (this process), http (the API), runpod or modal.")
@@ -125,22 +126,6 @@ def _end(final: FinalEvent | None, *, exit_ok: bool = True) -> None:
         raise typer.Exit(EXIT_OK)
 
 
-def _run(main: Any) -> FinalEvent | None:
-    try:
-        return asyncio.run(main)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted; the job keeps its last checkpoint: start it again with the same --id to "
-                  "resume[/]")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except InputError as e:
-        for issue in e.issues:
-            err.print(f"[bold red]invalid:[/] {issue}")
-        raise typer.Exit(EXIT_INVALID_INPUT) from e
-    except LLMJobsError as e:
-        err.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(EXIT_JOB_FAILED) from e
-
-
 @train_app.command()
 def start(
     data: Annotated[Path, typer.Argument(help="A directory `llm-jobs data prepare` wrote (train.jsonl and "
@@ -193,7 +178,7 @@ def start(
                 return None
             return await _follow(job.stream())
 
-    final = _run(go())
+    final = run_or_exit(go(), interrupted=INTERRUPTED)
     if detach:
         raise typer.Exit(EXIT_OK)
     if suite and final is not None and final.outcome is Outcome.completed:
@@ -217,4 +202,4 @@ def watch(
             events: Any = client.job(job_id).stream()
             return await _follow(events)
 
-    _end(_run(go()))
+    _end(run_or_exit(go(), interrupted=INTERRUPTED))
