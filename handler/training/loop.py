@@ -89,16 +89,12 @@ def precision(name: str) -> tuple[Any, bool, bool]:
     return torch.float16, False, True
 
 
-def _torch_dtype(name: str) -> Any:
-    return precision(name)[0]
-
-
 def load_base(path: str, dtype: str, *, quantize: str = "none", local_only: bool = True) -> Any:
     """The base model for training or measuring; `quantize="4bit"` is QLoRA's NF4 (bitsandbytes, CUDA)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "local_files_only": local_only}
+    kwargs: dict[str, Any] = {"dtype": precision(dtype)[0], "local_files_only": local_only}
     if quantize == "4bit":
         if not torch.cuda.is_available():
             raise ValueError("quantize '4bit' (QLoRA) needs a CUDA GPU and bitsandbytes; use 'none' on CPU")

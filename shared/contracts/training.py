@@ -99,9 +99,6 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool | None = None
     #: also write the merged model (base + adapter in one, loadable by vLLM as a plain model)
     merge: bool = True
-    def effective_batch(self) -> int:
-        return self.batch_size * self.grad_accum
-
     def planned_steps(self, examples: int) -> int:
         """The optimizer steps this config runs over `examples` training examples."""
         if self.max_steps is not None:
