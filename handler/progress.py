@@ -1,4 +1,9 @@
-"""Progress arithmetic for a running job: counts, rates and ETA."""
+"""Progress arithmetic for a running job: counts, rates and ETA, and the figures of its summary.
+
+A run's figures are its own: item latency over the items it ran (not those found stored, which another
+run timed), time to its first chunk, and the engine's peak KV-cache use while it ran. It keeps one float
+per item it runs (a shard's, never the job's: a shard is what one run holds), for exact percentiles.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from shared.contracts.models import Progress, Result, ResultStatus, Summary
+from shared.contracts.models import Progress, Result, ResultStatus, Summary, rank_index
 
 
 class ProgressTracker:
     def __init__(self, total: int, *, skipped_ok: int = 0, skipped_failed: int = 0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, kv_peak: Callable[[], float | None] | None = None):
+        """`kv_peak` reads the engine's peak KV-cache use over this run (handler/engine/base.py
+        `KvCacheWindow`); None: the engine does not say."""
         self.total = total
         self.skipped = skipped_ok + skipped_failed
         self.completed = skipped_ok
@@ -19,6 +26,11 @@ class ProgressTracker:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.error_codes: Counter[str] = Counter()
+        #: latency (ms) of each result this run recorded that has one
+        self.latencies: list[float] = []
+        #: seconds from the start to the first chunk (`chunked`)
+        self.first_chunk_s: float | None = None
+        self._kv_peak = kv_peak
         self._clock = clock
         self._started = clock()
 
@@ -37,6 +49,23 @@ class ProgressTracker:
         if result.usage:
             self.prompt_tokens += result.usage.prompt_tokens
             self.completion_tokens += result.usage.completion_tokens
+        if result.latency_ms is not None:
+            self.latencies.append(result.latency_ms)
+
+    def chunked(self) -> None:
+        """A chunk of results was stored and is going out: the first one's time is kept."""
+        if self.first_chunk_s is None:
+            self.first_chunk_s = round(max(self._clock() - self._started, 0.0), 3)
+
+    def latency_figures(self) -> tuple[float | None, float | None, float | None]:
+        """(p50, p95, max) of the recorded latencies in ms: nearest-rank percentiles
+        (shared/contracts/models.py `rank_index`: always one of the latencies, never an interpolation);
+        None each when no result had one."""
+        if not self.latencies:
+            return None, None, None
+        ordered = sorted(self.latencies)
+        n = len(ordered)
+        return ordered[rank_index(n, 50)], ordered[rank_index(n, 95)], ordered[-1]
 
     @property
     def done(self) -> int:
@@ -60,9 +89,12 @@ class ProgressTracker:
 
     def summary(self, reason: str | None = None) -> Summary:
         elapsed, items_per_s, tokens_per_s = self._rates()
+        p50, p95, top = self.latency_figures()
         return Summary(
             total=self.total, completed=self.completed, failed=self.failed, skipped=self.skipped,
             elapsed_s=round(elapsed, 3), items_per_s=round(items_per_s, 3),
             prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
             tokens_per_s=round(tokens_per_s, 1), error_codes=dict(self.error_codes), reason=reason,
+            latency_p50_ms=p50, latency_p95_ms=p95, latency_max_ms=top, first_chunk_s=self.first_chunk_s,
+            peak_kv_cache=self._kv_peak() if self._kv_peak is not None else None,
         )

@@ -11,7 +11,10 @@ caller hands the shard's final event to `conclude`, which decides what the job's
   queue's retries gave up on, or one a platform ran without retries).
 - `stopped`: nothing is recorded; the shard runs again and resumes.
 
-The job's summary is rolled up from the store: counters, tokens and the time since it started.
+The job's summary is rolled up from the store: counters, tokens and the time since it started, and its
+item latency over every stored result (`Store.latency_figures`: the same nearest-rank percentiles as a
+run's) with the time from its start to its first stored result. Its `peak_kv_cache` is None: each shard
+ran on its own engine (or at another time on one), and no store keeps their readings.
 A job of one shard (or a whole inline job) was recorded by its runner: its final event is the job's.
 """
 
@@ -22,23 +25,36 @@ from datetime import UTC, datetime
 
 from shared.contracts.errors import StoreError
 from shared.contracts.events import FinalEvent, Outcome
-from shared.contracts.models import Job, JobRecord, Summary
+from shared.contracts.models import Job, JobRecord, LatencyFigures, Summary
 from shared.contracts.shards import ShardRef
 from shared.stores.base import Store, record_outcome, retrying
 
 log = logging.getLogger("llm_jobs.rollup")
 
 
-def rolled_up(record: JobRecord, reason: str | None = None) -> Summary:
-    """The job's summary from what the store counts for it."""
+def rolled_up(record: JobRecord, reason: str | None = None, figures: LatencyFigures | None = None) -> Summary:
+    """The job's summary from what the store counts for it, with its latency `figures` where the store
+    gave them (`Store.latency_figures`)."""
     started = record.started_at or record.created_at
     elapsed = max((datetime.now(UTC) - started).total_seconds(), 1e-9) if started else 0.0
     done = record.completed + record.failed
     tokens = record.completion_tokens
+    f = figures or LatencyFigures()
     return Summary(total=record.total, completed=record.completed, failed=record.failed, elapsed_s=round(elapsed, 3),
                    items_per_s=round(done / elapsed, 3) if elapsed else 0.0, prompt_tokens=record.prompt_tokens,
                    completion_tokens=tokens, tokens_per_s=round(tokens / elapsed, 1) if elapsed else 0.0,
-                   reason=reason)
+                   reason=reason, latency_p50_ms=f.p50_ms, latency_p95_ms=f.p95_ms, latency_max_ms=f.max_ms,
+                   first_chunk_s=f.first_result_s)
+
+
+async def _figures(store: Store, job_id: str, retry_s: float) -> LatencyFigures | None:
+    """The job's latency figures; None when the store cannot say (the outcome is recorded without them)."""
+    try:
+        return await retrying(lambda: store.latency_figures(job_id), within_s=retry_s)
+    except StoreError:
+        log.warning("job %s: could not read its latency figures; its summary goes without them", job_id,
+                    exc_info=True)
+        return None
 
 
 async def end_job(store: Store, job_id: str, outcome: Outcome, reason: str | None, *, retry_s: float
@@ -51,7 +67,7 @@ async def end_job(store: Store, job_id: str, outcome: Outcome, reason: str | Non
         return None
     if record is None or record.status.terminal:
         return None
-    summary = rolled_up(record, reason)
+    summary = rolled_up(record, reason, await _figures(store, job_id, retry_s))
     if not await record_outcome(store, job_id, outcome, summary, retry_s=retry_s, if_open=True):
         return None
     return FinalEvent(job_id=job_id, outcome=outcome, summary=summary)

@@ -20,6 +20,12 @@ queue worker's heartbeats (docs/architecture.md, "Leases").
 
 A caller stops a run with a `StopSignal`: `completed`, `failed`, `cancelled` or `stopped` comes
 back as the final event's `outcome`, never as a job status to interpret.
+
+Metrics (shared/observability/metrics.py) are observed as each chunk is stored: the items this run ran
+by status, their tokens and latency (items found stored already are not counted: another run ran them),
+the store write's time, and the shard's progress (its series removed when the run ends). The summary's
+figures (handler/progress.py) include the engine's peak KV-cache use over the run, where the engine
+says (`kv_cache_window`, handler/engine/base.py).
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handler import adapters
-from handler.engine.base import Engine
+from handler.engine.base import Engine, KvCacheWindow
+from handler.logs import outline
 from handler.progress import ProgressTracker
 from shared.contracts.errors import (
     EngineDeadError,
@@ -48,6 +55,8 @@ from shared.contracts.models import Item, Job, Rejection, Result, ResultStatus, 
 from shared.contracts.prepare import Limits, Request, RequestBuilder, builder_for, check_output
 from shared.contracts.settings import DEFAULTS
 from shared.contracts.shards import ShardRef
+from shared.observability import metrics
+from shared.observability.context import log_context
 from shared.stores.base import Store, record_outcome, retrying
 
 log = logging.getLogger(__name__)
@@ -149,14 +158,16 @@ _Got = Result | _Dead | _Stop | _Fed
 async def _worker(engine: Engine, builder: RequestBuilder, built: dict[str, Built],
                   work: asyncio.Queue[Item | None], out: asyncio.Queue[_Got]) -> None:
     while (item := await work.get()) is not None:  # a shared queue: each worker takes the next item
-        try:
-            out.put_nowait(await _run_item(engine, builder, built, item))
-        except EngineDeadError as e:
-            out.put_nowait(_Dead(str(e)))
-            return
-        except Exception as e:  # a bug in one item must not sink the job
-            log.exception("item %s failed unexpectedly", item.custom_id)
-            out.put_nowait(Result.failure(item.custom_id, ErrorCode.engine_error, f"{type(e).__name__}: {e}"))
+        with log_context(item=item.custom_id):  # every line logged while it runs (the engine's too) names it
+            try:
+                out.put_nowait(await _run_item(engine, builder, built, item))
+            except EngineDeadError as e:
+                out.put_nowait(_Dead(str(e)))
+                return
+            except Exception as e:  # a bug in one item must not sink the job
+                # its message may quote the item: the log gets where it was raised, the result the message
+                log.error("item %s failed unexpectedly: %s", item.custom_id, outline(e))
+                out.put_nowait(Result.failure(item.custom_id, ErrorCode.engine_error, f"{type(e).__name__}: {e}"))
 
 
 Page = list[Item | Rejection]
@@ -240,6 +251,23 @@ class _Feed:
             await work.put(item)
 
 
+def _observe(results: list[Result]) -> None:
+    """Count the items this run ran (shared/observability/metrics.py)."""
+    for r in results:
+        metrics.ITEMS.labels(status=r.status.value).inc()
+        if r.usage is not None:
+            metrics.PROMPT_TOKENS.inc(r.usage.prompt_tokens)
+            metrics.COMPLETION_TOKENS.inc(r.usage.completion_tokens)
+        if r.latency_ms is not None:
+            metrics.ITEM_LATENCY.observe(r.latency_ms / 1000)
+
+
+def _kv_window(engine: Engine) -> KvCacheWindow | None:
+    """The engine's KV-cache window for this run, where it keeps one (optional: handler/engine/base.py)."""
+    opener = getattr(engine, "kv_cache_window", None)
+    return opener() if callable(opener) else None
+
+
 async def _finish(store: Store | None, job_id: str, outcome: Outcome, summary: Summary, retry_s: float) -> None:
     if store is not None:
         await record_outcome(store, job_id, outcome, summary, retry_s=retry_s)
@@ -305,7 +333,9 @@ async def run_job(
         yield final
         return
 
-    tracker = ProgressTracker(run_total, clock=clock)
+    kv = _kv_window(engine)
+    tracker = ProgressTracker(run_total, clock=clock, kv_peak=(lambda: kv.peak) if kv is not None else None)
+    shard_label = str(ref.shard if ref is not None and ref.sharded else 0)  # SHARD_PROGRESS's
     if store is not None:
         try:
             record = whole if whole.model else whole.model_copy(update={"model": engine.model_name})
@@ -335,14 +365,21 @@ async def run_job(
     async def chunk(results: list[Result]) -> ChunkEvent:
         nonlocal seq, last_flush
         if store is not None:  # durable before it is yielded
-            await retrying(lambda: store.write(job_id, results), within_s=store_retry_s)
+            with metrics.STORE_WRITE.time():
+                await retrying(lambda: store.write(job_id, results), within_s=store_retry_s)
+        stored_at = time.time()
         if on_stored is not None:
             await on_stored(results)
         for r in results:
             tracker.record(r)
+        _observe(results)
+        tracker.chunked()
+        progress = tracker.snapshot()
+        metrics.SHARD_PROGRESS.labels(job_id, shard_label).set(tracker.done / tracker.total if tracker.total else 1.0)
         seq += 1
         last_flush = clock()
-        return ChunkEvent(job_id=job_id, seq=seq, results=results, progress=tracker.snapshot(), **shard_of)
+        return ChunkEvent(job_id=job_id, seq=seq, results=results, progress=progress, stored_at=stored_at,
+                          **shard_of)
 
     try:
         while not (fed and received == feed.expected) and dead is None and not stopped:
@@ -389,6 +426,9 @@ async def run_job(
         if stopper is not None:
             stopper.cancel()
         await _stop(tasks)
+        if kv is not None:
+            kv.close()  # the peak over the run, whatever runs on the engine next
+        metrics.shard_done(job_id, shard_label)
     if dead:
         outcome, summary = Outcome.failed, tracker.summary(dead)
     elif stopped and stop is not None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from handler.engine.base import Engine
 from handler.evals import EvalHook
 from handler.evals import ended as eval_ended
+from handler.logs import outline, work_ids
 from handler.rollup import conclude, end_job
 from handler.runner import StopSignal, run_job
 from handler.training.run import Trainer, is_training
@@ -38,6 +39,7 @@ from shared.contracts.models import Summary
 from shared.contracts.prepare import Limits
 from shared.contracts.settings import DEFAULTS
 from shared.contracts.shards import ShardRef
+from shared.observability.context import log_context
 from shared.queue.upstash import JobQueue, Lease, Priority, Work
 from shared.stores.base import Store, record_outcome
 
@@ -112,6 +114,10 @@ class Worker:
         log.log(level, "job=%s worker=%s attempt=%d " + msg, lease.entry_id, self.worker_id, lease.attempt, *args)
 
     async def run(self) -> WorkerStats:
+        with log_context(worker=self.worker_id):  # every line of this worker and of the jobs it runs names it
+            return await self._drain()
+
+    async def _drain(self) -> WorkerStats:
         running: set[asyncio.Task[None]] = set()
         idle = self.poll_min_s
         log.info("worker=%s started (concurrency=%d, lease=%gs, drain=%s)", self.worker_id, self.concurrency,
@@ -165,6 +171,12 @@ class Worker:
                 self._log(lease, "heartbeat failed: %s", e, level=logging.WARNING)
 
     async def _process(self, lease: Lease) -> None:
+        """Run one lease, every line logged meanwhile (its runner's tasks, the engine's, the store's) carrying
+        its job, shard, worker and attempt (shared/observability/context.py)."""
+        with log_context(**work_ids(lease.job), worker=self.worker_id, attempt=lease.attempt):
+            await self._run_lease(lease)
+
+    async def _run_lease(self, lease: Lease) -> None:
         job, job_id = lease.job, lease.job_id
         self._log(lease, "running %s of %d item(s)", job.label() if isinstance(job, ShardRef) else "the whole job",
                   job.total)
@@ -198,9 +210,9 @@ class Worker:
                 if isinstance(event, ChunkEvent | TrainEvent) and not stop.is_set() and await self._cancelled(job_id):
                     stop.set(Outcome.cancelled)
         except Exception as e:  # a bug must not kill the worker; the job is retried, then dead-lettered
-            crash = f"{type(e).__name__}: {e}"
-            self._log(lease, "crashed: %s", crash, level=logging.ERROR)
-            log.exception("job=%s worker=%s crash", lease.entry_id, self.worker_id)
+            crash = f"{type(e).__name__}: {e}"  # the queue's last error and the job's reason keep the message
+            # the log does not: it may quote an item (handler/logs.py `outline`)
+            self._log(lease, "crashed: %s", outline(e), level=logging.ERROR)
         finally:
             await gen.aclose()
             beat.cancel()

@@ -16,8 +16,9 @@ It carries out what PostgREST does for the requests llm-jobs makes, the way Post
 - DELETE with filters (as PATCH; none deletes every row, as PostgREST allows unless configured
   otherwise): one DELETE; with `return=representation` the rows it deleted come back (200), else 204;
 - `Prefer: return=minimal|representation`, `Prefer: count=exact` on writes (`Content-Range: */N`,
-  N the rows written); a filter may name a column twice (`idx=gte.0&idx=lt.9`), and compares as
-  the column's type; Postgres errors as `{code, message, details, hint}`
+  N the rows written) and on reads (`Content-Range: 0-9/N`, N the rows the filters match); HEAD, a read's
+  headers alone (`select(..., count="exact", head=True)`); a filter may name a column twice
+  (`idx=gte.0&idx=lt.9`), and compares as the column's type; Postgres errors as `{code, message, details, hint}`
   with PostgREST's status codes; a database it cannot reach is a 503 PGRST001.
 (`Prefer: missing=default` is refused: llm-jobs always sends every column.)
 It connects as a superuser, like the service role, so row-level security does not apply.
@@ -151,8 +152,8 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
                 await self.pool.open(wait=False)
             async with self.pool.connection() as conn:
                 cols = await self._table_columns(conn, table)
-                if request.method == "GET":
-                    return await self._select(conn, table, params, pairs, cols)
+                if request.method in ("GET", "HEAD"):
+                    return await self._select(conn, table, params, pairs, cols, prefer, head=request.method == "HEAD")
                 if request.method == "POST":
                     return await self._insert(conn, table, params, prefer, body, cols)
                 if request.method == "PATCH":
@@ -244,7 +245,8 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
         cur = await conn.execute(wrapped, args)
         return (await cur.fetchone())[0]
 
-    async def _select(self, conn, table: str, params: dict[str, str], pairs, cols: list[str]) -> httpx.Response:
+    async def _select(self, conn, table: str, params: dict[str, str], pairs, cols: list[str], prefer: dict[str, str],
+                      *, head: bool = False) -> httpx.Response:
         select = params.get("select", "*")
         names = cols if select == "*" else self._check(select.split(","), cols, table)
         where, args = self._where(pairs, cols, table)
@@ -262,8 +264,16 @@ class PostgrestTransport(httpx.AsyncBaseTransport):
             query += sql.SQL(" limit {}").format(sql.Literal(int(params["limit"])))
         if "offset" in params:
             query += sql.SQL(" offset {}").format(sql.Literal(int(params["offset"])))
+        total = "*"
+        if prefer.get("count") == "exact":  # the rows the filters match, limit and offset aside
+            cur = await conn.execute(sql.SQL("select count(*) from {}{}").format(sql.Identifier(table), where), args)
+            total = str((await cur.fetchone())[0])
+        if head:  # PostgREST's HEAD: the headers a GET would have, no body (and no rows read)
+            return httpx.Response(200, headers={"content-range": f"*/{total}"})
         rows = await self._json(conn, query, args)
-        return httpx.Response(200, json=rows, headers={"content-range": f"0-{max(len(rows) - 1, 0)}/*"})
+        first = int(params.get("offset", 0))
+        span = f"{first}-{first + len(rows) - 1}" if rows else "*"
+        return httpx.Response(200, json=rows, headers={"content-range": f"{span}/{total}"})
 
     async def _insert(self, conn, table, params, prefer, body, cols) -> httpx.Response:
         rows = body if isinstance(body, list) else [body]

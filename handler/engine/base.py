@@ -1,4 +1,8 @@
-"""The engine protocol: one request in, one completion out; cancelling aborts it."""
+"""The engine protocol: one request in, one completion out; cancelling aborts it.
+
+An engine may also say how full its KV cache gets (`KvCacheTracking`): optional, so fakes need nothing;
+the runner asks with getattr and records None where an engine does not say.
+"""
 
 from __future__ import annotations
 
@@ -47,3 +51,26 @@ class Engine(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class KvCacheWindow(Protocol):
+    """The engine's KV-cache use over a span of time: from `kv_cache_window()` until `close()`."""
+
+    @property
+    def peak(self) -> float | None:
+        """The highest fraction (0..1) of the KV cache in use seen since the window opened; None: none seen."""
+        ...
+
+    def close(self) -> None:
+        """Stop watching: `peak` stays what it was."""
+        ...
+
+
+class KvCacheTracking(Protocol):
+    """What an engine that says how full its KV cache gets adds to `Engine` (handler/engine/vllm_engine.py)."""
+
+    def kv_cache_window(self) -> KvCacheWindow:
+        """A window on the KV cache's use from now on: a run opens one as it starts and reads its peak at
+        the end. Several runs on one engine each have their own; each sees the engine's use, which is
+        every run's on it together (what a shared engine's cache truly holds)."""
+        ...

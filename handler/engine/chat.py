@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.contracts.errors import ErrorCode, ItemFailure
+
+if TYPE_CHECKING:
+    from shared.contracts.prepare import Request
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,14 @@ class ChatPrompts:
         if key not in self._takes_system:
             self._takes_system[key] = self._probe()
         return self._takes_system[key]
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        """A request's prompt token ids, as the engine sends them: its messages through the chat template, or its
+        prompt (an OpenAI completions line) encoded as it is. The planner counts tokens with this too
+        (handler/engine/tokens.py), so its counts are the engine's."""
+        if request.messages is not None:
+            return self.token_ids(request.messages, plain=request.plain)
+        return list(self._tokenizer.encode(request.prompt))
 
     def token_ids(self, messages: Messages, *, plain: bool = False) -> list[int]:
         """The prompt's token ids; raises ItemFailure when the template refuses the messages.

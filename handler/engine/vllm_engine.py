@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import math
@@ -18,6 +19,7 @@ from handler.engine import lora_cpu
 from handler.engine.base import Completion
 from handler.engine.chat import ChatPrompts
 from handler.engine.generation import read_model_defaults
+from handler.engine.kv_stats import KvCacheStats, KvCacheWindow, stat_logger
 from handler.engine.lora import LoraAdapters, lora_args
 from handler.logs import engine_process_env, is_verbose
 from shared.contracts.adapters import model_names
@@ -94,7 +96,7 @@ def engine_args(settings: Settings, model: str, served: str, on_cpu: bool) -> di
         # xgrammar honours integer bounds in JSON schemas; outlines ignores them
         "structured_outputs_config": {"backend": settings.structured_outputs_backend,
                                       "disable_any_whitespace": settings.structured_outputs_compact},
-        "disable_log_stats": True,
+        "disable_log_stats": False,  # vLLM's Prometheus metrics (vllm:*) in our registry: /metrics (README, "Metrics")
         # its "Loading safetensors checkpoint shards" bar would break the CLI's
         "use_tqdm_on_load": is_verbose(settings),
         # LoRA adapters over the model (handler/engine/lora.py), when ENABLE_LORA or ADAPTERS_DIR turns them on
@@ -106,8 +108,11 @@ def engine_args(settings: Settings, model: str, served: str, on_cpu: bool) -> di
 class VLLMEngine:
     """AsyncLLM behind the Engine protocol."""
 
-    def __init__(self, llm: Any, settings: Settings, served: str, model_path: str):
+    def __init__(self, llm: Any, settings: Settings, served: str, model_path: str,
+                 kv_stats: KvCacheStats | None = None):
         self._llm = llm
+        #: the KV cache's use, as vLLM's scheduler reports it (handler/engine/kv_stats.py); None: not watched
+        self._kv_stats = kv_stats
         self._settings = settings
         self._tokenizer = llm.get_tokenizer()
         #: the model's chat template, with the system role folded away where the template refuses it
@@ -143,9 +148,10 @@ class VLLMEngine:
                         "reinstall the package (pip install -e .) so vLLM finds its plugin, or base requests "
                         "batched with adapter requests get an adapter's output")
         started = time.monotonic()
-        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        kv_stats = KvCacheStats()  # a summary's peak_kv_cache (handler/engine/kv_stats.py)
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=[stat_logger(kv_stats)])
         try:
-            engine = cls(llm, settings, served, model)
+            engine = cls(llm, settings, served, model, kv_stats)
         except BaseException:
             llm.shutdown()
             raise
@@ -215,6 +221,12 @@ class VLLMEngine:
             raise EngineDeadError("the engine is dead")
         await self._lora.load(self._llm, name, path, base_model)
 
+    def kv_cache_window(self) -> KvCacheWindow | None:
+        """A window on the KV cache's use from now on (handler/engine/base.py `KvCacheTracking`): a run's
+        `peak_kv_cache`. Runs that overlap on this engine each see its peak, which counts all of them:
+        the cache is shared, and that is what it held. None for an engine built without its stats."""
+        return self._kv_stats.window() if self._kv_stats is not None else None
+
     @property
     def in_flight(self) -> int:
         """Requests the engine still holds (0 after a cancelled job has been aborted)."""
@@ -223,11 +235,7 @@ class VLLMEngine:
     # ## Requests
 
     def _prompt_ids(self, request: Request) -> list[int]:
-        if request.messages is not None:
-            ids = self._chat.token_ids(request.messages, plain=request.plain)
-        else:
-            ids = self._tokenizer.encode(request.prompt)
-        ids = list(ids)
+        ids = self._chat.prompt_ids(request)
         if len(ids) >= self.max_model_len:
             raise ItemFailure(ErrorCode.prompt_too_long,
                               f"the prompt has {len(ids)} tokens; the model's context is {self.max_model_len}")
@@ -289,6 +297,10 @@ class VLLMEngine:
 
         if self._llm.errored:
             raise EngineDeadError(f"the engine is dead: {self._llm.dead_error}")
+        if getattr(self._llm, "output_handler", True) is None:
+            # vLLM starts its output loop on the first request, as a task that would keep that request's log
+            # ids (its job's, shared/observability/context.py) for good: start it with none
+            contextvars.Context().run(self._llm._run_output_handler)
         lora: dict[str, Any] = {}
         if request.adapter is not None:  # never one vLLM has not accepted: a refused one would kill the engine
             lora["lora_request"] = self._lora.request_for(request.adapter)

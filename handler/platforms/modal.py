@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from handler.logs import work_ids
 from handler.runner import StopSignal
 from handler.service import JobService
 from handler.training.run import Trainer, is_training
@@ -33,6 +34,7 @@ from shared.contracts.prepare import Limits
 from shared.contracts.settings import Settings
 from shared.contracts.shards import ShardRef, is_shard_ref
 from shared.contracts.tasks import load_tasks
+from shared.observability.context import log_context
 from shared.queue.upstash import JobQueue
 from shared.stores import Store, open_store
 from shared.stores.base import record_outcome
@@ -46,26 +48,31 @@ log = logging.getLogger("llm_jobs.modal")
 async def stream_events(service: JobService, payload: Any, *, default_id: str | None = None
                         ) -> AsyncIterator[dict[str, Any]]:
     """Chunk events as they are stored, then the final event. Invalid input gives an `error`
-    event and a `failed` final event, and runs nothing."""
-    try:
-        job = service.parse(payload, default_id=default_id)
-    except InputError as e:
-        job_id = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
-        reason = f"invalid input: {e}"
-        await service.refuse(job_id, reason)
-        yield ErrorEvent(job_id=job_id, error=reason).model_dump(mode="json")
-        yield FinalEvent.failed(job_id or default_id or "", reason).model_dump(mode="json")
-        return
-    if is_training(job) and service.trainer is None:
-        # the inference class (TRAIN_JOBS=false): refused as invalid input, so `run` returns instead of
-        # raising, and Modal does not retry what no retry here could run
-        reason = "a training job runs on the `train` function, not on LLMJobs (TRAIN_JOBS=false here)"
-        await service.refuse(job.job_id, reason)
-        yield ErrorEvent(job_id=job.job_id, error=reason).model_dump(mode="json")
-        yield FinalEvent.failed(job.job_id, reason).model_dump(mode="json")
-        return
-    async for event in service.events(job):
-        yield event.model_dump(mode="json")
+    event and a `failed` final event, and runs nothing.
+
+    `default_id` is Modal's function call id: every line logged meanwhile carries it (`request`), and the
+    job's id and shard once the input is read (shared/observability/context.py)."""
+    with log_context(request=default_id):
+        try:
+            job = service.parse(payload, default_id=default_id)
+        except InputError as e:
+            job_id = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
+            reason = f"invalid input: {e}"
+            await service.refuse(job_id, reason)
+            yield ErrorEvent(job_id=job_id, error=reason).model_dump(mode="json")
+            yield FinalEvent.failed(job_id or default_id or "", reason).model_dump(mode="json")
+            return
+        with log_context(**work_ids(job)):
+            if is_training(job) and service.trainer is None:
+                # the inference class (TRAIN_JOBS=false): refused as invalid input, so `run` returns instead of
+                # raising, and Modal does not retry what no retry here could run
+                reason = "a training job runs on the `train` function, not on LLMJobs (TRAIN_JOBS=false here)"
+                await service.refuse(job.job_id, reason)
+                yield ErrorEvent(job_id=job.job_id, error=reason).model_dump(mode="json")
+                yield FinalEvent.failed(job.job_id, reason).model_dump(mode="json")
+                return
+            async for event in service.events(job):
+                yield event.model_dump(mode="json")
 
 
 async def run_to_end(service: JobService, payload: Any, *, default_id: str | None = None) -> dict[str, Any]:
@@ -182,10 +189,11 @@ async def train_to_end(settings: Settings, payload: Any, *, default_id: str | No
                 await record_outcome(store, job_id, Outcome.failed, Summary.empty(0, reason),
                                      retry_s=settings.store_retry_s)
             return FinalEvent.failed(job_id or default_id or "", reason).model_dump(mode="json")
-        await reload_quietly(reload, "training")
-        async for event in VolumeTrainer(trainer or Trainer(settings), commit).run(work, store):
-            if isinstance(event, FinalEvent):
-                final = event
+        with log_context(request=default_id, **work_ids(work)):  # every line of the run names its job
+            await reload_quietly(reload, "training")
+            async for event in VolumeTrainer(trainer or Trainer(settings), commit).run(work, store):
+                if isinstance(event, FinalEvent):
+                    final = event
     finally:
         if own_store:
             await store.close()

@@ -34,17 +34,20 @@ What it yields, and how RunPod reports it:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from handler.logs import work_ids
 from handler.service import JobService
 from handler.training.run import is_training
 from shared.contracts.compat import is_worker_vllm
 from shared.contracts.errors import InputError
 from shared.contracts.events import ChunkEvent, FinalEvent, Outcome
-from shared.contracts.models import Result
+from shared.contracts.models import Job, Result
 from shared.contracts.shards import ShardRef
+from shared.observability.context import log_context
 
 log = logging.getLogger("llm_jobs.runpod")
 
@@ -55,10 +58,11 @@ TRAIN_REF = "train:"
 
 def set_sdk_log_level(level: str) -> None:
     """The runpod SDK logs at DEBUG by default, printing every yielded output (every result's text)
-    to the worker's logs. Follow LOG_LEVEL instead."""
+    to the worker's logs. Follow LOG_LEVEL instead, from INFO at least: even LOG_LEVEL=DEBUG must not
+    put result text in the logs."""
     from runpod.serverless.modules.rp_logger import RunPodLogger
 
-    RunPodLogger().set_level({"WARNING": "WARN"}.get(level, level))
+    RunPodLogger().set_level({"WARNING": "WARN", "DEBUG": "INFO"}.get(level, level))
 
 
 class RunpodHandler:
@@ -73,14 +77,25 @@ class RunpodHandler:
         return max(1, int(self.service.settings.jobs_per_worker))
 
     async def handle(self, rp_job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        payload = rp_job.get("input")
-        try:
-            job = self.service.parse(payload, default_id=rp_job.get("id"))
-        except InputError as e:
-            log.warning("runpod job=%s invalid input: %s", rp_job.get("id"), e)
-            await self.service.refuse(payload.get("id") if isinstance(payload, dict) else None, f"invalid input: {e}")
-            yield {"error": f"invalid input: {e}"}
-            return
+        """Every line logged while it runs carries RunPod's request id (`request`) and, once the input is
+        read, the job's id and shard (shared/observability/context.py)."""
+        request_id = rp_job.get("id")
+        with log_context(request=request_id if isinstance(request_id, str) else None):
+            payload = rp_job.get("input")
+            try:
+                job = self.service.parse(payload, default_id=rp_job.get("id"))
+            except InputError as e:
+                log.warning("runpod job=%s invalid input: %s", rp_job.get("id"), e)
+                await self.service.refuse(payload.get("id") if isinstance(payload, dict) else None,
+                                          f"invalid input: {e}")
+                yield {"error": f"invalid input: {e}"}
+                return
+            with log_context(**work_ids(job)):
+                async with contextlib.aclosing(self._run(rp_job, payload, job)) as outs:
+                    async for out in outs:
+                        yield out
+
+    async def _run(self, rp_job: dict[str, Any], payload: Any, job: Job | ShardRef) -> AsyncIterator[dict[str, Any]]:
         log.info("runpod job=%s running %d item(s) as job %s", rp_job.get("id"), job.total, job.entry_id)
         if not job.sharded:  # a job of several shards: the dispatcher keeps every shard's request id
             await self._keep_request_id(job.job_id, rp_job.get("id"), training=is_training(job))

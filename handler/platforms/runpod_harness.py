@@ -6,6 +6,8 @@
     GET  /status/{id}      {"id", "status", "delayTime", "executionTime", "output" | "error"}
     POST /cancel/{id}      stops the job (its task is cancelled, as RunPod's worker does)
     GET  /health           {"jobs": {...}, "workers": {...}}
+    GET  /metrics          Prometheus metrics of this process: the runner's and vLLM's `vllm:*` (not RunPod's:
+                           a serverless worker cannot be scraped; the API derives job and queue figures)
 
 Every route also answers under `/v2/{endpoint_id}/...`, so a client built for
 `https://api.runpod.ai/v2/<endpoint>` works with only its base URL changed.
@@ -28,7 +30,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException, Query
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Query, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from shared.queue.runpod import FINAL_STATES
 
@@ -217,4 +220,9 @@ def create_harness_app(handler: Handler, *, concurrency_modifier: Callable[[int]
 
     app.include_router(router)
     app.include_router(router, prefix="/v2/{endpoint_id}")
+
+    @app.get("/metrics")  # not RunPod's (its workers cannot be scraped): this process's, for development
+    async def metrics() -> Response:
+        return Response(await asyncio.to_thread(generate_latest, REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     return app

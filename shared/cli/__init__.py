@@ -14,6 +14,7 @@ from shared.cli.common import EXIT_INVALID_INPUT, err
 from shared.cli.data import data_app
 from shared.cli.evals import eval_app
 from shared.cli.keys import keys_app
+from shared.cli.plan import plan
 from shared.cli.queue_cmds import queue_app, submit, watch, worker
 from shared.cli.read import results, status
 from shared.cli.run import run
@@ -44,6 +45,7 @@ def _options(
 
 app.command(help="Run a job file through the engine and write every result.")(run)
 app.command(help="Check a job file without running it.")(validate)
+app.command(help="Plan a job: which GPU and platform, how long it takes, what it costs.")(plan)
 app.command(help="Show a job's status and counters from the store.")(status)
 app.command(help="Print or save a job's stored results.")(results)
 app.command(help="Validate a job and put it on the queue; prints its id.")(submit)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,9 +28,14 @@ err = Console(stderr=True)
 
 
 def setup_logging(settings: Settings) -> None:
-    """handler/logs.py's levels and noise filters, through Rich on stderr (progress bars stay whole)."""
+    """handler/logs.py's levels and noise filters, through Rich on stderr (progress bars stay whole); with
+    LOG_FORMAT=json, JSON lines on stderr and no Rich (a `llm-jobs worker` in a container, read by a log
+    shipper)."""
+    if settings.log_format == "json":
+        logs.setup_logging(settings)
+        return
     handler = RichHandler(console=err, show_path=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(logs.PlainFormatter("%(message)s"))  # the message, then the ids it does not name
     logs.setup_logging(settings, handler)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -144,33 +143,15 @@ def _read(source: Path, near_threshold: float | None) -> Preparer:
 def _tokenizer(settings: Settings, model: str | None) -> tuple[str, Any]:
     """(what was loaded, its tokenizer): --model, else the engine's model (baked, MODEL_NAME or the embedded
     one). A hub id is looked up on the hub unless HF_HUB_OFFLINE; a local directory never is."""
-    from handler.engine.bake import baked_model
-    from handler.engine.default_model import ensure_default_model
+    from handler.engine.tokens import hub_cache, load_tokenizer, tokenizer_source
 
-    revision = None
     try:
-        if model:
-            name, local = model, settings.hf_hub_offline or Path(model).expanduser().is_dir()
-        elif baked := baked_model(settings.baked_model_dir, settings.model_name):
-            name, local = str(baked), True
-        elif settings.model_name and settings.model_name != DEFAULT_MODEL_NAME:
-            name, local, revision = settings.model_name, settings.hf_hub_offline, settings.model_revision
-        else:
-            name, local = str(ensure_default_model(settings.cache_dir)), True
+        name, local, revision = tokenizer_source(settings, model)
         with err.status(f"loading the tokenizer of {escape(name)}..."):
-            return name, _load_tokenizer(name, local, revision, settings.trust_remote_code,
-                                         str(settings.hf_home / "hub") if settings.hf_home else None)
+            return name, load_tokenizer(name, local, revision, settings.trust_remote_code, hub_cache(settings))
     except (OSError, ValueError, ConfigError) as e:
         raise _refuse(f"cannot load the tokenizer of {model or settings.model_name or DEFAULT_MODEL_NAME}: {e}") \
             from None
-
-
-@lru_cache(maxsize=2)
-def _load_tokenizer(name: str, local: bool, revision: str | None, trust: bool, cache_dir: str | None) -> Any:
-    from transformers import AutoTokenizer  # heavy: only this command loads it
-
-    return AutoTokenizer.from_pretrained(name, local_files_only=local, revision=revision, trust_remote_code=trust,
-                                         cache_dir=cache_dir)
 
 
 @dataclass

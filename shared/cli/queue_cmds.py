@@ -166,14 +166,39 @@ def worker(
     worker_id: Annotated[str | None, typer.Option(help="[default: host-pid]")] = None,
     train_only: Annotated[bool, typer.Option(help="Run only training jobs (the queue's train lane): no engine "
                                                   "boots. A GPU training box.")] = False,
+    metrics_port: Annotated[int | None, typer.Option(min=1, max=65535, help="Serve Prometheus metrics (this "
+                                                     "worker's items and vLLM's vllm:*) at /metrics on this port, "
+                                                     "on METRICS_HOST; no auth. Default: METRICS_PORT (none).")] = None,
 ) -> None:
     """Boot the engine once, then take jobs from the queue and run them into the store. With TRAIN_JOBS on
     (the default), training jobs too."""
     settings = get_settings()
     setup_logging(settings)
-    stats = asyncio.run(_work(settings, drain=drain, concurrency=concurrency, lease_s=lease_s or settings.lease_s,
-                              worker_id=worker_id, train_only=train_only))
+    server = _serve_metrics(settings.metrics_host, metrics_port or settings.metrics_port)
+    try:
+        stats = asyncio.run(_work(settings, drain=drain, concurrency=concurrency,
+                                  lease_s=lease_s or settings.lease_s, worker_id=worker_id, train_only=train_only))
+    finally:
+        if server is not None:
+            server.shutdown()
     raise typer.Exit(EXIT_JOB_FAILED if stats is None else EXIT_OK)
+
+
+def _serve_metrics(host: str, port: int | None) -> Any:
+    """prometheus-client's own HTTP server, in a daemon thread, over the process's default registry: what the
+    runner counts (shared/observability/metrics.py) and vLLM's `vllm:*` once the engine is up. A worker has no
+    store-wide figures: the API's /metrics has those. None when no port is set; a port taken exits 2."""
+    if port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(port, addr=host)
+    except OSError as e:
+        err.print(f"[bold red]error:[/] cannot serve metrics on {host}:{port}: {e}")
+        raise typer.Exit(2) from e
+    err.print(f"metrics on http://{host}:{port}/metrics")
+    return server
 
 
 async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: float, worker_id: str | None,
@@ -220,7 +245,7 @@ async def _work(settings: Settings, *, drain: bool, concurrency: int, lease_s: f
 
 @queue_app.command("stats")
 def queue_stats() -> None:
-    """Counts: queued (per priority), running, retrying, dead."""
+    """Counts: queued (per priority), running, retrying, dead, and leases expired (reaped) so far."""
     table = Table(show_header=False)
     for k, v in _on_queue(lambda q: q.stats()).items():
         table.add_row(k, str(v))

@@ -140,6 +140,13 @@ def _show_summary(final: FinalEvent, out: Path) -> None:
                  ("prompt tokens", s.prompt_tokens), ("completion tokens", s.completion_tokens),
                  ("tokens/s", f"{s.tokens_per_s:.1f}")]:
         table.add_row(k, str(v))
+    if s.latency_p50_ms is not None:
+        table.add_row("item latency p50 / p95 / max",
+                      f"{s.latency_p50_ms:.0f} / {s.latency_p95_ms or 0:.0f} / {s.latency_max_ms or 0:.0f} ms")
+    if s.first_chunk_s is not None:
+        table.add_row("first results after", f"{s.first_chunk_s:.1f} s")
+    if s.peak_kv_cache is not None:
+        table.add_row("peak KV cache", f"{100 * s.peak_kv_cache:.3g} %")
     for code, n in sorted(s.error_codes.items()):
         table.add_row(f"error: {code}", str(n))
     if s.reason:

@@ -7,14 +7,22 @@ from typing import Annotated
 import typer
 
 from shared.cli.common import err, setup_logging
-from shared.contracts.settings import get_settings
+from shared.contracts.settings import Settings, get_settings
+
+
+def _log_config(settings: Settings) -> dict | None:
+    """uvicorn's own handlers write plain lines; with LOG_FORMAT=json it gets none, and its records go up to the
+    root's JSON handler (handler/logs.py)."""
+    import uvicorn.config
+
+    return None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
 
 
 def serve_runpod(
     host: Annotated[str, typer.Option(help="Interface to bind; keep loopback (there is no auth).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
 ) -> None:
-    """Boot the engine, then serve /run, /runsync, /stream, /status, /cancel and /health."""
+    """Boot the engine, then serve /run, /runsync, /stream, /status, /cancel, /health and /metrics."""
     import uvicorn
 
     from handler.platforms.runpod import RunpodHandler, set_sdk_log_level
@@ -30,7 +38,7 @@ def serve_runpod(
     app = create_harness_app(handler.handle, concurrency_modifier=handler.concurrency)
     err.print(f"RunPod harness on http://{host}:{port} (also /v2/<any-endpoint-id>/...); "
               f"{handler.concurrency(1)} job(s) at once; results to the configured store")
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), log_config=_log_config(settings))
 
 
 def serve(
@@ -51,7 +59,8 @@ def serve(
     if not settings.credentials_required:
         err.print("[yellow]no API_KEYS set: the API is open (fine on loopback only)[/]")
     err.print(f"llm-jobs API on http://{host}:{port} (dispatcher: {settings.dispatcher}; docs at /docs)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
+                log_config=_log_config(settings))
 
 
 def openapi(

@@ -57,6 +57,9 @@ class ChunkEvent(BaseModel):
     #: which shard ran (0-based) and how many the job has; None: a job of one shard
     shard: int | None = None
     shards: int | None = None
+    #: when its results were stored (Unix time, seconds): the API times the trip from here to SSE
+    #: (`llm_jobs_chunk_to_sse_seconds`); None from a producer that does not say
+    stored_at: float | None = None
 
 
 class ProgressEvent(BaseModel):

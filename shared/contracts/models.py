@@ -25,6 +25,19 @@ def percentage(done: int, total: int) -> float:
     return round(100.0 * done / total, 2) if total else 100.0
 
 
+def rank_index(n: int, p: int) -> int:
+    """The 0-based position of the `p`th percentile (0 < p <= 100, an integer) among `n` >= 1 values in
+    ascending order, by the nearest-rank method: the ceil(p * n / 100)-th value (1-based), the smallest one
+    with at least p % of the values at or below it. It is always one of the values, never an interpolation:
+    p50 of 1, 2, 3, 4 is 2; p95 of 1..20 is 19; p95 of 1..10 is 10; p100 is the largest. Integer arithmetic,
+    so no rounding moves it at the edges (0.95 * 20 is 19, not 19.000000000000004). Postgres's
+    `percentile_disc` is the same method. Every summary's latency percentiles use it: the runner's
+    (handler/progress.py) and the stores' (`Store.latency_figures`)."""
+    if n < 1 or not 0 < p <= 100:
+        raise ValueError(f"no {p}th percentile of {n} values")
+    return -(-p * n // 100) - 1
+
+
 def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex[:20]}"
 
@@ -293,12 +306,38 @@ class Summary(BaseModel):
     reason: str | None = None
     #: a training job's report (shared/contracts/training.py TrainReport, as JSON)
     training: dict[str, Any] | None = None
+    #: item latency in ms, from an item's start to its result, over the items this run ran (failed ones with a
+    #: latency too; not those skipped as stored before, nor items refused at the edge): nearest-rank
+    #: percentiles (`rank_index`) and the largest. A job of several shards: over all its stored results. None:
+    #: no item ran (or a summary written before these figures existed)
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_max_ms: float | None = None
+    #: seconds from the run's start to its first chunk of results (stored, then yielded); a job of several
+    #: shards: from the job's start to its first stored result
+    first_chunk_s: float | None = None
+    #: the engine's peak KV-cache use during the run, 0..1 (a shared engine's: other jobs on it count too).
+    #: None: the engine does not say, or a job of several shards (each ran on its own engine)
+    peak_kv_cache: float | None = None
 
     @classmethod
     def empty(cls, total: int, reason: str | None = None) -> Summary:
         """For a job that ended before running anything."""
         return cls(total=total, completed=0, failed=0, elapsed_s=0, items_per_s=0, prompt_tokens=0,
                    completion_tokens=0, tokens_per_s=0, reason=reason)
+
+
+class LatencyFigures(BaseModel):
+    """A job's item latency over its stored results (`Store.latency_figures`): what a job of several
+    shards rolls up into its summary (handler/rollup.py)."""
+
+    #: nearest-rank percentiles (`rank_index`) and the largest, in ms, over the results that have a latency;
+    #: None when none has
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    max_ms: float | None = None
+    #: seconds from the job's start (`started_at`) to its first stored result, never below 0; None: unknown
+    first_result_s: float | None = None
 
 
 class JobRecord(BaseModel):

@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     #: seconds between a worker's scheduler ticks (scheduled eval runs; shared/server/scheduler.py); 0: none
     schedule_tick_s: float = Field(default=60, ge=0)
+    #: a port `llm-jobs worker` serves Prometheus metrics on (its runner's and vLLM's `vllm:*`); empty: none.
+    #: No auth: expose it to the scraper only
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: the interface that port binds
+    metrics_host: str = "0.0.0.0"
     #: first retry delay; doubles each attempt, up to retry_backoff_max_s
     retry_backoff_s: float = Field(default=10, ge=0)
     retry_backoff_max_s: float = Field(default=600, ge=0)
@@ -208,6 +213,8 @@ class Settings(BaseSettings):
     sse_max_streams_per_key: int = Field(default=16, ge=0)
     #: seconds /readyz reuses its last look at the store and the dispatcher (probes in a flood share one); 0: none
     readyz_cache_s: float = Field(default=2.0, ge=0)
+    #: seconds /metrics reuses its last look at the store and the queue (job and queue gauges); 0: none
+    metrics_cache_s: float = Field(default=5.0, ge=0)
     #: items/s for `estimated_time_s` until a model has finished jobs to measure (shared/server/estimates.py)
     estimate_items_per_s: float = Field(default=5.0, gt=0)
     #: the model's last completed jobs its measured throughput is pooled over
@@ -249,6 +256,9 @@ class Settings(BaseSettings):
 
     # ## Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: `plain` lines, or `json`: one object a line, with the job, shard, item, worker and attempt ids
+    #: (docs/architecture.md, "Logs")
+    log_format: Literal["plain", "json"] = "plain"
 
     @field_validator("cache_dir", "hf_home", "sqlite_path", "vllm_cache_root", "baked_model_dir", "tasks_dir",
                      "adapters_dir", "training_dir", mode="after")

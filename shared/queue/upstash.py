@@ -12,6 +12,7 @@ Keys, under `QUEUE_PREFIX`:
     processing          zset: entry -> lease deadline (ms, Redis server time)
     delayed             zset: entry -> when a retry may run (ms)
     dead                list of entries that used up MAX_ATTEMPTS (meta keeps the last error)
+    lease_expiries      a counter: leases that expired and were reaped (`reap`), since the queue began
     shards:<job id>     how many shards the job has (cancel reaches every one)
     cancel:<job id>     a flag a running worker checks at every chunk (all of the job's shards)
     events:<id>         a capped stream of the job's events (EVENTS_MAXLEN), TTL refreshed at each write
@@ -167,7 +168,7 @@ redis.call('ZADD', KEYS[3], now + backoff, ARGV[1])
 return 1
 """
 
-# KEYS: processing, dead   ARGV: prefix, max_attempts   returns {requeued, dead}
+# KEYS: processing, dead, lease_expiries   ARGV: prefix, max_attempts   returns {requeued, dead}
 _REAP = _NOW + """
 local requeued, dead = 0, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)) do
@@ -184,6 +185,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0
     requeued = requeued + 1
   end
 end
+if requeued + dead > 0 then redis.call('INCRBY', KEYS[3], requeued + dead) end
 return {requeued, dead}
 """
 
@@ -239,11 +241,11 @@ _EVENTS = """
 return {redis.call('GET', KEYS[2]) or '', redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
 """
 
-# KEYS: q:high, q:default, processing, delayed, dead
-# KEYS: the lanes (high, default, train), processing, delayed, dead
+# KEYS: the lanes (high, default, train), processing, delayed, dead, lease_expiries
 _STATS = """
 return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2]), redis.call('LLEN', KEYS[3]),
-        redis.call('ZCARD', KEYS[4]), redis.call('ZCARD', KEYS[5]), redis.call('LLEN', KEYS[6])}
+        redis.call('ZCARD', KEYS[4]), redis.call('ZCARD', KEYS[5]), redis.call('LLEN', KEYS[6]),
+        tonumber(redis.call('GET', KEYS[7]) or '0')}
 """
 _LIST = """
 return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('LRANGE', KEYS[2], 0, -1),
@@ -438,9 +440,10 @@ class JobQueue:
         return {0: "lost", 1: "retry", 2: "dead"}[int(code)]
 
     async def reap(self) -> tuple[int, int]:
-        """Requeue jobs whose lease expired (their worker died); (requeued, dead-lettered)."""
-        requeued, dead = await self._eval("reap", _REAP, [self._k("processing"), self._k("dead")],
-                                          [self.p, self.max_attempts])
+        """Requeue jobs whose lease expired (their worker died); (requeued, dead-lettered). Each one counts in
+        `lease_expiries` (`stats()`)."""
+        requeued, dead = await self._eval("reap", _REAP, [self._k("processing"), self._k("dead"),
+                                                          self._k("lease_expiries")], [self.p, self.max_attempts])
         return int(requeued), int(dead)
 
     async def is_cancelled(self, job_id: str) -> bool:
@@ -474,8 +477,11 @@ class JobQueue:
         return [*(self._k("q", p) for p in PRIORITIES), self._k("processing"), self._k("delayed"), self._k("dead")]
 
     async def stats(self) -> dict[str, int]:
-        out = await self._eval("stats", _STATS, self._views(), [])
-        return dict(zip([*(f"queued_{p}" for p in PRIORITIES), "running", "retrying", "dead"], out, strict=True))
+        """Entries in each lane (`queued_high`, `queued_default`, `queued_train`), `running` (leased),
+        `retrying` (waiting out a backoff), `dead`, and `lease_expiries` (leases reaped since the queue began)."""
+        out = await self._eval("stats", _STATS, [*self._views(), self._k("lease_expiries")], [])
+        names = [*(f"queued_{p}" for p in PRIORITIES), "running", "retrying", "dead", "lease_expiries"]
+        return {k: int(v) for k, v in zip(names, out, strict=True)}
 
     async def waiting(self) -> int:
         """Jobs waiting for a worker: queued at any priority, or waiting out a retry backoff."""

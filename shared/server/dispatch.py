@@ -106,6 +106,8 @@ class LocalDispatcher:
         self._trainer: Any = None
         #: it boots its own engine (none was given): closing it closes the engine
         self._owns_engine = service is None
+        #: the GPUs its engine runs on, looked up once (`_gpus`); False: not yet
+        self._gpus: Any = False
 
     async def service(self) -> Any:
         async with self._boot_lock:
@@ -179,7 +181,12 @@ class LocalDispatcher:
         service = await self.service()
         if not service.engine.alive:
             raise LLMJobsError("the engine is dead")
-        return {"engine": service.engine.model_name, "running": len(self._tasks), "gpu": await asyncio.to_thread(_gpu)}
+        if self._gpus is False:  # they do not change: looked up once, off the loop
+            self._gpus = await asyncio.to_thread(_gpus)
+        details: dict[str, Any] = {"engine": service.engine.model_name, "running": len(self._tasks)}
+        if self._gpus is not None:  # nothing on a CPU
+            details["gpu"] = self._gpus
+        return details
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):
@@ -342,10 +349,20 @@ def make_dispatcher(settings: Settings, store: Store) -> Dispatcher:
     return LocalDispatcher(settings, store)
 
 
-def _gpu() -> bool:
-    """Does this process see a CUDA GPU (the local engine's)?"""
+def _gpus() -> dict[str, Any] | list[dict[str, Any]] | None:
+    """The CUDA GPUs this process sees (the local engine's), for /readyz: `{"name", "memory_gib"}` for one
+    GPU, a list of them in device order for several, None on a CPU. torch is imported here, never at the
+    API's import: only the local dispatcher calls it, once its engine (which has loaded torch) runs here."""
     try:
         import torch
     except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
+        return None
+    cuda = torch.cuda
+    if not cuda.is_available():
+        return None
+    found = [{"name": cuda.get_device_name(i),
+              "memory_gib": round(cuda.get_device_properties(i).total_memory / 2**30, 1)}
+             for i in range(cuda.device_count())]
+    if not found:
+        return None
+    return found[0] if len(found) == 1 else found

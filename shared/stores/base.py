@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -38,6 +39,7 @@ from shared.contracts.models import (
     Job,
     JobRecord,
     JobStatus,
+    LatencyFigures,
     Rejection,
     Result,
     ResultStatus,
@@ -100,6 +102,10 @@ class Store(Protocol):
         pagination: the id of the last job of the previous page; an id unknown, or not `owner`'s, gives
         an empty page)."""
 
+    async def count_jobs(self, *, owner: str | None = None) -> dict[str, int]:
+        """How many jobs are in each state, `owner`'s only (None: everyone's): every `JobStatus` is a key,
+        0 when it has none. One grouped count in the database, never the rows (`/metrics`' `llm_jobs_jobs`)."""
+
     async def finished_summaries(self, model: str | None, task: str | None = None, *, limit: int = 20
                                  ) -> list[Summary]:
         """The summaries of the most recently finished completed jobs of `model` and `task` (None: no task),
@@ -107,6 +113,13 @@ class Store(Protocol):
 
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         """Results ordered by custom_id, those after `after` (keyset pagination)."""
+
+    async def latency_figures(self, job_id: str) -> LatencyFigures | None:
+        """The job's item latency over its stored results that have one (`latency_ms`): the p50 and p95 by
+        the nearest-rank method (shared/contracts/models.py `rank_index`, as a run's summary) and the
+        largest; and the seconds from the job's `started_at` to its first stored result (`created_at`,
+        never below 0). None when the job has no results (or no such job). Read in the database: a few
+        small queries, never the results themselves."""
 
     async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item | Rejection]) -> int:
         """Store a batch of the job's rows (items, and rejections: `row_doc`) at idx start_idx,
@@ -281,6 +294,23 @@ def row_job(row: dict[str, Any]) -> JobRecord:
         if row.get(k) is None:
             row.pop(k, None)
     return JobRecord.model_validate(row)
+
+
+def seconds_between(start: Any, end: Any) -> float | None:
+    """Seconds from `start` to `end` (datetimes, or ISO 8601 text as SQLite and PostgREST give them), never
+    below 0 (a clock that stepped back, or a start written by another machine's clock); None if either is."""
+    if start is None or end is None:
+        return None
+    start, end = (datetime.fromisoformat(v) if isinstance(v, str) else v for v in (start, end))
+    return round(max((end - start).total_seconds(), 0.0), 3)
+
+
+def status_counts(rows: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """`count_jobs`' answer from (status, count) pairs: every `JobStatus` a key, 0 when the database had none."""
+    counts = {s.value: 0 for s in JobStatus}
+    for status, n in rows:
+        counts[str(status)] = int(n)
+    return counts
 
 
 #: the columns of files a store writes (FileRecord's fields; created_at is the database's)

@@ -15,7 +15,17 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.files import FileRecord
-from shared.contracts.models import Item, Job, JobRecord, JobStatus, Rejection, Result, ResultStatus, Summary
+from shared.contracts.models import (
+    Item,
+    Job,
+    JobRecord,
+    JobStatus,
+    LatencyFigures,
+    Rejection,
+    Result,
+    ResultStatus,
+    Summary,
+)
 from shared.contracts.owners import KeyRecord
 from shared.contracts.settings import DEFAULTS
 from shared.stores.base import (
@@ -34,6 +44,8 @@ from shared.stores.base import (
     row_job,
     row_json,
     row_result,
+    seconds_between,
+    status_counts,
 )
 from shared.stores.postgres_adapters import PostgresAdapters
 from shared.stores.postgres_evals import PostgresEvals
@@ -52,6 +64,17 @@ on conflict (job_id, custom_id) do update set
   status = excluded.status, text = excluded.text, parsed = excluded.parsed, error = excluded.error,
   finish_reason = excluded.finish_reason, prompt_tokens = excluded.prompt_tokens,
   completion_tokens = excluded.completion_tokens, latency_ms = excluded.latency_ms
+"""
+
+# A job's latency figures in one statement: percentile_disc is the nearest-rank method (the first value whose
+# cumulative share reaches the fraction: shared/contracts/models.py `rank_index`); aggregates skip NULLs.
+_LATENCY = """
+select count(*) as results,
+       percentile_disc(0.5) within group (order by latency_ms) as p50,
+       percentile_disc(0.95) within group (order by latency_ms) as p95,
+       max(latency_ms) as top, min(created_at) as first,
+       (select started_at from jobs where id = %(job)s) as started
+  from job_results where job_id = %(job)s
 """
 
 _BEGIN = """
@@ -206,6 +229,13 @@ class PostgresStore(PostgresEvals, PostgresAdapters):
                               {"st": st, "owner": owner, "after": after, "limit": limit})
             return [row_job(r) for r in await cur.fetchall()]
 
+    async def count_jobs(self, *, owner: str | None = None) -> dict[str, int]:
+        async with self._cursor() as cur:
+            await cur.execute("select status::text as status, count(*) as n from jobs "
+                              "where (%(owner)s::text is null or owner = %(owner)s) group by status",
+                              {"owner": owner})
+            return status_counts((r["status"], r["n"]) for r in await cur.fetchall())
+
     async def finished_summaries(self, model: str | None, task: str | None = None, *, limit: int = 20
                                  ) -> list[Summary]:
         async with self._cursor() as cur:
@@ -219,6 +249,15 @@ class PostgresStore(PostgresEvals, PostgresAdapters):
             await cur.execute("select * from job_results where job_id = %s and custom_id > %s "
                               "order by custom_id limit %s", (job_id, after or "", limit))
             return [row_result(r) for r in await cur.fetchall()]
+
+    async def latency_figures(self, job_id: str) -> LatencyFigures | None:
+        async with self._cursor() as cur:
+            await cur.execute(_LATENCY, {"job": job_id})
+            got = await cur.fetchone()
+        if got is None or not got["results"]:
+            return None
+        return LatencyFigures(p50_ms=got["p50"], p95_ms=got["p95"], max_ms=got["top"],
+                              first_result_s=seconds_between(got["started"], got["first"]))
 
     async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item | Rejection]) -> int:
         return await self._stage("job_items", job_id, start_idx, items)

@@ -13,7 +13,18 @@ import aiosqlite
 
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.files import FileRecord
-from shared.contracts.models import Item, Job, JobRecord, JobStatus, Rejection, Result, ResultStatus, Summary
+from shared.contracts.models import (
+    Item,
+    Job,
+    JobRecord,
+    JobStatus,
+    LatencyFigures,
+    Rejection,
+    Result,
+    ResultStatus,
+    Summary,
+    rank_index,
+)
 from shared.contracts.owners import KeyRecord
 from shared.contracts.settings import DEFAULTS
 from shared.stores.base import (
@@ -33,6 +44,8 @@ from shared.stores.base import (
     row_job,
     row_json,
     row_result,
+    seconds_between,
+    status_counts,
 )
 from shared.stores.sqlite_adapters import ADAPTER_ADDED_COLUMNS, ADAPTER_SCHEMA, SQLiteAdapters
 from shared.stores.sqlite_evals import EVAL_SCHEMA, SQLiteEvals
@@ -288,6 +301,11 @@ class SQLiteStore(SQLiteEvals, SQLiteAdapters):
             {"st": status and status.value, "owner": owner, "after": after, "limit": limit}, fetch=True)
         return [row_job(dict(r)) for r in rows]
 
+    async def count_jobs(self, *, owner: str | None = None) -> dict[str, int]:
+        rows = await self._run("select status, count(*) as n from jobs where (:owner is null or owner = :owner) "
+                               "group by status", {"owner": owner}, fetch=True)
+        return status_counts((r["status"], r["n"]) for r in rows)
+
     async def finished_summaries(self, model: str | None, task: str | None = None, *, limit: int = 20
                                  ) -> list[Summary]:
         rows = await self._run("select summary from jobs where status = 'completed' and model is ? and task is ? "
@@ -299,6 +317,24 @@ class SQLiteStore(SQLiteEvals, SQLiteAdapters):
         rows = await self._run("select * from job_results where job_id = ? and custom_id > ? order by custom_id "
                                "limit ?", (job_id, after or "", limit), fetch=True)
         return [row_result(dict(r)) for r in rows]
+
+    async def latency_figures(self, job_id: str) -> LatencyFigures | None:
+        rows = await self._run("select count(*) as results, count(latency_ms) as n, max(latency_ms) as top, "
+                               "min(created_at) as first, (select started_at from jobs where id = :job) as started "
+                               "from job_results where job_id = :job", {"job": job_id}, fetch=True)
+        got = rows[0]
+        if not got["results"]:
+            return None
+
+        async def at(p: int) -> float:  # the nearest-rank value: sorted in the database, one row back
+            ranked = await self._run("select latency_ms from job_results where job_id = ? and latency_ms is not null "
+                                     "order by latency_ms limit 1 offset ?", (job_id, rank_index(got["n"], p)),
+                                     fetch=True)
+            return ranked[0]["latency_ms"]
+
+        n = got["n"]
+        return LatencyFigures(p50_ms=await at(50) if n else None, p95_ms=await at(95) if n else None,
+                              max_ms=got["top"], first_result_s=seconds_between(got["started"], got["first"]))
 
     async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item | Rejection]) -> int:
         return await self._stage("job_items", "job_id", job_id, start_idx, items)

@@ -11,6 +11,10 @@
   (`Prefer: count=exact`). Building and measuring the rows is CPU work: off the event loop.
 - Ids a request names (`done_ids` of a page) go as `in.(...)` filters, split so that no URL passes
   about `URL_ID_BYTES` of them (proxies and PostgREST refuse long URLs).
+- `count_jobs` is one HEAD request a status with `Prefer: count=exact`: PostgREST has no GROUP BY.
+- `latency_figures` asks for one row at a time, sorted by PostgREST: how many results have a latency (a HEAD
+  with `count=exact`), the value at each nearest-rank position (`order=latency_ms&offset=k&limit=1`), the
+  largest, the first result's time and the job's start; never the results themselves.
 - `finish(if_open=True)` is one PATCH filtered on the status, `return=representation`: the rows it
   returns say whether it wrote (PostgREST runs one UPDATE: atomic).
 """
@@ -30,7 +34,18 @@ from postgrest.types import CountMethod, ReturnMethod
 
 from shared.contracts.errors import StoreError, StoreUnavailable
 from shared.contracts.files import FileRecord
-from shared.contracts.models import Item, Job, JobRecord, JobStatus, Rejection, Result, ResultStatus, Summary
+from shared.contracts.models import (
+    Item,
+    Job,
+    JobRecord,
+    JobStatus,
+    LatencyFigures,
+    Rejection,
+    Result,
+    ResultStatus,
+    Summary,
+    rank_index,
+)
 from shared.contracts.owners import KeyRecord
 from shared.contracts.settings import DEFAULTS
 from shared.stores.base import (
@@ -48,6 +63,8 @@ from shared.stores.base import (
     row_file,
     row_job,
     row_result,
+    seconds_between,
+    status_counts,
 )
 from shared.stores.supabase_adapters import SupabaseAdapters
 from shared.stores.supabase_evals import SupabaseEvals
@@ -248,11 +265,45 @@ class SupabaseStore(SupabaseEvals, SupabaseAdapters):
             rows = (await q.order("finished_at", desc=True).limit(limit).execute()).data
         return [Summary.model_validate(_json(r["summary"])) for r in rows if r["summary"] is not None]
 
+    async def count_jobs(self, *, owner: str | None = None) -> dict[str, int]:
+        # PostgREST has no GROUP BY (aggregates are off on Supabase): one HEAD request a status, `count=exact`
+        # (its Content-Range carries the count, no rows travel), all at once
+        async def count(db: AsyncClient, status: JobStatus) -> tuple[str, int]:
+            q = db.table("jobs").select("id", count=CountMethod.exact, head=True).eq("status", status.value)
+            got = await (q.eq("owner", owner) if owner is not None else q).execute()
+            return status.value, got.count or 0
+
+        async with self._mapped("count_jobs") as db:
+            return status_counts(await asyncio.gather(*(count(db, s) for s in JobStatus)))
+
     async def results(self, job_id: str, *, after: str | None = None, limit: int = 1000) -> list[Result]:
         async with self._mapped("results") as db:
             rows = (await db.table("job_results").select("*").eq("job_id", job_id).gt("custom_id", after or "")
                     .order("custom_id").limit(limit).execute()).data
         return [row_result(r) for r in rows]
+
+    async def latency_figures(self, job_id: str) -> LatencyFigures | None:
+        def timed(db: AsyncClient) -> Any:  # the results with a latency (`gte.0`: PostgREST skips NULLs so)
+            return db.table("job_results").select("latency_ms").eq("job_id", job_id).gte("latency_ms", 0)
+
+        async with self._mapped("latency_figures") as db:
+            first = (await db.table("job_results").select("created_at").eq("job_id", job_id).order("created_at")
+                     .limit(1).execute()).data
+            if not first:
+                return None
+            job = (await db.table("jobs").select("started_at").eq("id", job_id).limit(1).execute()).data
+            n = (await db.table("job_results").select("latency_ms", count=CountMethod.exact, head=True)
+                 .eq("job_id", job_id).gte("latency_ms", 0).execute()).count or 0
+            values: list[float | None] = [None, None, None]
+            if n:
+                for k, at in enumerate((rank_index(n, 50), rank_index(n, 95))):
+                    row = (await timed(db).order("latency_ms").offset(at).limit(1).execute()).data
+                    values[k] = row[0]["latency_ms"] if row else None
+                top = (await timed(db).order("latency_ms", desc=True).limit(1).execute()).data
+                values[2] = top[0]["latency_ms"] if top else None
+        return LatencyFigures(p50_ms=values[0], p95_ms=values[1], max_ms=values[2],
+                              first_result_s=seconds_between(job[0]["started_at"] if job else None,
+                                                             first[0]["created_at"]))
 
     async def stage_items(self, job_id: str, start_idx: int, items: Sequence[Item | Rejection]) -> int:
         return await self._stage("job_items", "job_id", job_id, start_idx, items)

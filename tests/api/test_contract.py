@@ -20,13 +20,14 @@ def test_openapi_json_is_up_to_date():
 def test_openapi_document_is_complete():
     doc = openapi_document()
     paths = doc["paths"]
-    assert set(paths) == {"/healthz", "/readyz", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/results",
-                          "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel", "/v1/files", "/v1/files/{file_id}",
+    assert set(paths) == {"/healthz", "/readyz", "/metrics", "/v1/jobs", "/v1/jobs/{job_id}",
+                          "/v1/jobs/{job_id}/results", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/cancel",
+                          "/v1/files", "/v1/files/{file_id}",
                           "/v1/files/{file_id}/content", "/v1/batches", "/v1/batches/{batch_id}",
                           "/v1/batches/{batch_id}/cancel", "/v1/evals/suites", "/v1/evals/suites/{suite_id}",
                           "/v1/evals/suites/{suite_id}/history", "/v1/evals/runs", "/v1/evals/runs/{run_id}",
                           "/v1/evals/runs/{run_id}/cases", "/v1/evals/runs/{run_id}/report", "/v1/schedules",
-                          "/v1/schedules/{schedule_id}", "/v1/tasks", "/v1/models", "/evaluate",
+                          "/v1/schedules/{schedule_id}", "/v1/tasks", "/v1/models", "/v1/plan", "/evaluate",
                           "/stream/{job_id}", "/health"}
     assert set(paths["/v1/evals/suites"]["post"]["requestBody"]["content"]) == {"application/yaml",
                                                                                 "application/json"}

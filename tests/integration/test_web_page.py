@@ -120,6 +120,16 @@ async def test_the_page_submits_streams_cancels_downloads_and_keeps_owners_apart
     await page.fill("#items", example.rstrip("\n") + "\n" + "\n".join(extra) + "\n")
     await page.fill("#job-id", "essays-web")
     await page.fill("#max-tokens", "60")
+    # ## planned first: the GPUs ranked, a recommendation, the assumptions; nothing runs until the submit
+    await page.fill("#plan-gpus", "cpu,L40S,H100")
+    await page.click("#plan-job")
+    plan = page.locator("#plan")
+    await plan.filter(has_text="Recommended").wait_for(timeout=120_000)
+    assert "12 items" in await plan.locator("h3").text_content()
+    planned = await plan.locator(".plan-table tbody tr").all_text_contents()
+    assert len(planned) >= 3 and any("cpu on this machine" in row for row in planned), planned
+    assert await plan.locator("details li").count() > 3  # the assumptions
+    await shot(page, "2a-planned")
     # from now on, every time the page changes, note how many result rows it shows and what the status says
     await page.evaluate("""() => {
         window.__seen = [];

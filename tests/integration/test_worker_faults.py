@@ -58,7 +58,7 @@ async def test_sigkill_mid_job_then_another_worker_finishes_after_the_lease(pg, 
     counters_match(pg, "kill-worker")
     assert pg.query("select status::text from jobs where id = 'kill-worker'") == [("completed",)]
     assert await q.stats() == {"queued_high": 0, "queued_default": 0, "queued_train": 0, "running": 0,
-                               "retrying": 0, "dead": 0}
+                               "retrying": 0, "dead": 0, "lease_expiries": 1}  # the dead worker's lease
     assert "job=kill-worker worker=rescuer attempt=2" in out
     print(f"\nSIGKILL: {len(before)}/64 stored when killed; the second worker resumed at attempt 2 and "
           f"finished: rows={len(after)}")

@@ -78,8 +78,9 @@ async def test_twenty_thousand_items_over_three_workers_one_killed(pg, upstash, 
     rescued = started - finished
     assert all(re.search(rf"job=fan-out#{k} worker=w\d attempt=2 completed", "".join(outs)) for k in rescued)
     assert ran["w1"] | ran["w2"] | finished == {str(k) for k in range(N // SHARD)}
+    # the killed worker's lease expired and was reaped, once (llm_jobs_queue_lease_expiries)
     assert await queue.stats() == {"queued_high": 0, "queued_default": 0, "queued_train": 0, "running": 0,
-                                   "retrying": 0, "dead": 0}
+                                   "retrying": 0, "dead": 0, "lease_expiries": 1}
     # the job's stream ends with exactly one final event: the job's, rolled up over its shards
     events = await queue.events("fan-out", count=5000)
     finals = [e.event for e in events if isinstance(e.event, FinalEvent)]

@@ -13,6 +13,7 @@ credentials.py. An owner sees only their own jobs, files and batches: tenancy.py
     POST /v1/jobs/{id}/cancel
     GET  /v1/tasks                   the named tasks a job may name (tasks/*.yaml)
     GET  /v1/models                  the model and the LoRA adapters over it, as OpenAI lists models
+    POST /v1/plan                    a job's plan: GPU, fit, time and cost, ranked; nothing runs (plan_routes.py)
     /v1/evals/suites, /v1/evals/runs, /v1/schedules: eval suites, runs and schedules (eval_routes.py)
     GET  /                           the web page (web.py; static files in shared/server/web/)
     GET  /healthz                    the process is up
@@ -20,6 +21,8 @@ credentials.py. An owner sees only their own jobs, files and batches: tenancy.py
                                      (queue counts, RunPod's health, which check failed) with an admin key,
                                      or on a server with no credentials (local-only by design); cached
                                      READYZ_CACHE_S seconds
+    GET  /metrics                    Prometheus metrics (metrics_route.py): an admin key, when credentials are
+                                     required; the job and queue gauges from the store and the queue
 
 Errors of the server (the store, the queue, RunPod, the configuration) reach the client as a generic
 message and an error id; the log has the full text (shared/server/api/problems.py). Open event
@@ -53,6 +56,7 @@ from shared.server.api.schemas import JobFromFile, JobIn
 from shared.server.api.streams import StreamSlots
 from shared.server.dispatch import Dispatcher, make_dispatcher
 from shared.server.lifecycle import JobLifecycle
+from shared.server.metrics import DerivedGauges
 from shared.stores import Store, open_store
 
 
@@ -65,6 +69,8 @@ class State:
         self.tasks: dict[str, Task] = load_tasks(settings.task_presets)
         self.streams = StreamSlots(settings.sse_max_streams_per_key)
         self.readiness = ReadinessProbe(lifecycle, cache_s=settings.readyz_cache_s, timeout_s=settings.http_timeout_s)
+        #: /metrics' job and queue gauges, from the store and the queue (shared/server/metrics.py)
+        self.metrics = DerivedGauges(lifecycle, cache_s=settings.metrics_cache_s, timeout_s=settings.http_timeout_s)
 
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None,
@@ -100,8 +106,10 @@ def openapi_document() -> dict[str, Any]:
 def _routes_only(lifespan: Any = None) -> FastAPI:
     from shared.server.api.dropin import dropin
     from shared.server.api.eval_routes import evals, schedules
+    from shared.server.api.metrics_route import metrics
     from shared.server.api.model_routes import models
     from shared.server.api.openai_routes import batches, files
+    from shared.server.api.plan_routes import plan
     from shared.server.api.routes import health, jobs, tasks
     from shared.server.api.web import web
 
@@ -110,6 +118,7 @@ def _routes_only(lifespan: Any = None) -> FastAPI:
                               "Every result is stored once; events stream as chunks are stored.")
     _errors(app)
     app.include_router(health)
+    app.include_router(metrics)  # Prometheus metrics (shared/server/api/metrics_route.py)
     app.include_router(jobs)
     app.include_router(tasks)  # the named tasks (TASKS_DIR)
     app.include_router(models)  # the model and its LoRA adapters (shared/server/api/model_routes.py)
@@ -117,6 +126,7 @@ def _routes_only(lifespan: Any = None) -> FastAPI:
     app.include_router(batches)
     app.include_router(evals)  # eval suites, runs and schedules (shared/server/api/eval_routes.py)
     app.include_router(schedules)
+    app.include_router(plan)  # a job's GPU, time and cost before it runs (shared/server/api/plan_routes.py)
     app.include_router(web)  # the web page at / (shared/server/api/web.py)
     app.include_router(dropin)  # the grading service's own routes (shared/server/api/dropin.py)
     app.openapi = lambda: _openapi(app)

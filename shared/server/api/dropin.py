@@ -212,6 +212,7 @@ async def health(state: AppState) -> ServiceHealth:
     active = 0
     for status in (JobStatus.queued, JobStatus.running):
         active += len(await store.list_jobs(status=status, limit=1000))
-    gpu = seen.checks.get("gpu") if local else None
+    # the local dispatcher names its engine's GPUs, and none on a CPU (shared/server/dispatch.py `_gpus`)
+    gpu = bool(seen.checks.get("gpu")) if local and "engine" in seen.checks else None
     return ServiceHealth(status="healthy" if seen.ok else "unhealthy", model_loaded=model_loaded,
-                         gpu_available=gpu if isinstance(gpu, bool) else None, active_jobs=active)
+                         gpu_available=gpu, active_jobs=active)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -9,8 +10,10 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from shared.contracts.errors import InputError
+from shared.contracts.events import ChunkEvent
 from shared.contracts.models import ID_PATTERN, Job, JobRecord, JobStatus
 from shared.contracts.openai_batch import to_openai
+from shared.observability.metrics import CHUNK_TO_SSE
 from shared.server.api.app import AppState, Caller, MaySeeDetails, State
 from shared.server.api.credentials import Principal
 from shared.server.api.gc_pause import full_collections_deferred
@@ -167,6 +170,8 @@ async def list_tasks(state: AppState, who: Caller) -> TaskList:
 async def _stream(state: State, job_id: str, who: Principal, last_id: str | None,
                   request: Request) -> AsyncIterator[dict[str, Any]]:
     async for ev in state.lifecycle.follow(job_id, last_id, stop=request.is_disconnected):
+        if isinstance(ev.event, ChunkEvent) and ev.event.stored_at is not None:  # stored -> sent, for /metrics
+            CHUNK_TO_SSE.observe(max(0.0, time.time() - ev.event.stored_at))
         yield {"id": ev.id, "event": ev.event.type, "data": as_seen(ev.event, who).model_dump_json()}
 
 

@@ -179,6 +179,8 @@ export class JobView {
     this.#applyCounts({ ...s, status }, true);
     const parts = [`Job ${data.outcome}: ${s.completed ?? 0} ok, ${s.failed ?? 0} failed`];
     if (s.elapsed_s) parts.push(`in ${duration(s.elapsed_s)}`);
+    const figures = summaryFigures(s);
+    if (figures) parts.push(`— ${figures}`);
     if (s.reason) parts.push(`(${s.reason})`);
     if (data.outcome === "stopped") parts.push("— it will run again; waiting for it.");
     this.#say(data.outcome === "completed" ? "ok" : "info", parts.join(" "));
@@ -307,6 +309,7 @@ export class JobView {
         ["Started", when(job.started_at)],
         ["Finished", when(job.finished_at)],
         s ? ["Tokens", `${s.prompt_tokens} in, ${s.completion_tokens} out`] : null,
+        s && summaryFigures(s) ? ["Figures", summaryFigures(s)] : null,
         job.error ? ["Error", job.error] : null,
       ].filter(Boolean).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
     } else {
@@ -436,5 +439,20 @@ function trainingLine(ev) {
   if (ev.phase === "checkpoint" || ev.phase === "resume" || ev.phase === "export") {
     parts.push(`${ev.phase}: ${String(ev.message ?? "")}`);
   }
+  return parts.join(" · ");
+}
+
+/** A summary's figures in one line: item latency p50/p95/max, time to the first results, peak KV cache ("" if none). */
+function summaryFigures(s) {
+  const num = (v) => typeof v === "number" && Number.isFinite(v);
+  const parts = [];
+  if (num(s.latency_p50_ms)) {
+    parts.push(`latency p50 ${Math.round(s.latency_p50_ms)} ms, p95 ${Math.round(s.latency_p95_ms ?? 0)} ms, ` +
+      `max ${Math.round(s.latency_max_ms ?? 0)} ms`);
+  }
+  if (num(s.first_chunk_s)) {
+    parts.push(`first results after ${s.first_chunk_s < 60 ? `${s.first_chunk_s.toFixed(1)} s` : duration(s.first_chunk_s)}`);
+  }
+  if (num(s.peak_kv_cache)) parts.push(`peak KV cache ${(100 * s.peak_kv_cache).toPrecision(3)} %`);
   return parts.join(" · ");
 }

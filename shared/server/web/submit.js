@@ -1,9 +1,12 @@
 // The submit form: the items are uploaded as a JSONL file (POST /v1/files, purpose=batch), then a
-// job is made of that file with the form's options (POST /v1/jobs {input_file_id, ...}).
+// job is made of that file with the form's options (POST /v1/jobs {input_file_id, ...}). "Plan" sends the
+// same to POST /v1/plan first and shows which GPU and platform to pick, how long and how much (plan.js);
+// a submit after it reuses the uploaded file while the items are unchanged.
 
 import { api, ApiError } from "./api.js";
 import { $, say } from "./dom.js";
 import { jobLink } from "./jobs.js";
+import { showPlan } from "./plan.js";
 
 /** shared/contracts/models.py ID_PATTERN */
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -35,6 +38,11 @@ export class SubmitForm {
       e.preventDefault();
       this.submit();
     });
+    this.planButton = $("#plan-job");
+    this.planRegion = $("#plan");
+    this.planButton.addEventListener("click", () => this.plan());
+    /** the last upload: {key, id}; reused while the items are the same */
+    this.uploaded = null;
     $("#load-example").addEventListener("click", () => this.loadExample());
     $("#items-file").addEventListener("change", (e) => {
       const file = e.target.files?.[0];
@@ -58,29 +66,18 @@ export class SubmitForm {
   }
 
   async submit() {
-    let options;
-    let upload;
-    try {
-      options = this.#options();
-      upload = this.#items();
-    } catch (e) {
-      say(this.message, "error", e.message);
-      return;
-    }
+    const form = this.#read();
+    if (!form) return;
+    const { options, upload } = form;
     this.button.disabled = true;
     try {
-      say(this.message, "info", "Uploading the items…");
-      const form = new FormData();
-      form.append("purpose", "batch");
-      form.append("file", upload.blob, upload.name);
-      const file = await api("/v1/files", { method: "POST", body: form });
-      if (file.status === "error") throw new ApiError(400, `The file was refused: ${file.status_details ?? "no reason given"}`);
-
-      say(this.message, "info", `Uploaded ${file.id}; creating the job…`);
-      const job = await api("/v1/jobs", { method: "POST", json: { input_file_id: file.id, ...options } });
+      const fileId = await this.#upload(upload);
+      say(this.message, "info", `Uploaded ${fileId}; creating the job…`);
+      const job = await api("/v1/jobs", { method: "POST", json: { input_file_id: fileId, ...options } });
       say(this.message, "ok", job.created === false
         ? `A job with the id ${job.id} exists already: nothing new was started. Opening it.`
         : `Job ${job.id} accepted: ${job.total} items, ${job.status}.`);
+      this.planRegion.hidden = true;
       this.onSubmitted?.(job);
       location.hash = jobLink(job.id);
     } catch (e) {
@@ -91,13 +88,59 @@ export class SubmitForm {
     }
   }
 
+  /** POST /v1/plan with the form's job: nothing is stored or run. */
+  async plan() {
+    const form = this.#read();
+    if (!form) return;
+    const { options, upload } = form;
+    const gpus = $("#plan-gpus").value.trim();
+    this.planButton.disabled = true;
+    try {
+      const fileId = await this.#upload(upload);
+      say(this.message, "info", "Counting the tokens and planning…");
+      const query = gpus ? `?gpus=${encodeURIComponent(gpus)}` : "";
+      const plan = await api(`/v1/plan${query}`, { method: "POST", json: { input_file_id: fileId, ...options } });
+      showPlan(this.planRegion, plan);
+      say(this.message, "ok", "Planned. Nothing has run yet: press “Submit job” to run it.");
+    } catch (e) {
+      if (e.name === "AbortError") return;
+      say(this.message, "error", e.message, e.lines ?? []);
+    } finally {
+      this.planButton.disabled = false;
+    }
+  }
+
+  /** The form's options and items, or null once a message says what is wrong with them. */
+  #read() {
+    try {
+      return { options: this.#options(), upload: this.#items() };
+    } catch (e) {
+      say(this.message, "error", e.message);
+      return null;
+    }
+  }
+
+  /** The items uploaded as a file (POST /v1/files); the last upload's id while the items are the same. */
+  async #upload(upload) {
+    if (this.uploaded && this.uploaded.key === upload.key) return this.uploaded.id;
+    say(this.message, "info", "Uploading the items…");
+    const form = new FormData();
+    form.append("purpose", "batch");
+    form.append("file", upload.blob, upload.name);
+    const file = await api("/v1/files", { method: "POST", body: form });
+    if (file.status === "error") throw new ApiError(400, `The file was refused: ${file.status_details ?? "no reason given"}`);
+    this.uploaded = { key: upload.key, id: file.id };
+    return file.id;
+  }
+
   /** The items to upload: the picked file, else the text box's JSONL. */
   #items() {
     const file = $("#items-file").files?.[0];
-    if (file) return { blob: file, name: file.name || "items.jsonl" };
+    if (file) return { blob: file, name: file.name || "items.jsonl", key: file };
     const text = $("#items").value;
     if (!text.trim()) throw new Error("Add some items: paste JSONL (one JSON object per line) or pick a .jsonl file.");
-    return { blob: new Blob([text.endsWith("\n") ? text : `${text}\n`], { type: "application/jsonl" }), name: "items.jsonl" };
+    return { blob: new Blob([text.endsWith("\n") ? text : `${text}\n`], { type: "application/jsonl" }), name: "items.jsonl",
+      key: text };
   }
 
   /** The job's options (JobOptions in shared/contracts/models.py), checked here first. */
