@@ -9,6 +9,7 @@ import asyncio
 
 import httpx
 import pytest
+import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from handler.worker import Worker
@@ -17,6 +18,7 @@ from shared.server.api import create_app
 from shared.stores.postgres import PostgresStore
 from testkit.serve import LoopServer
 from tests.conftest import make_queue
+from tests.integration.conftest import engine_settings
 from tests.integration.test_api import HEADERS, api_settings, job, read_sse
 
 N = 6
@@ -28,9 +30,23 @@ def total(text: str, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def metered():
+    """An engine of this module's own. vLLM keeps only the last engine's `vllm:*` collectors in the registry
+    (each new AsyncLLM unregisters those before it: vllm/v1/metrics/prometheus.py). A deployment boots one engine
+    per process; this test session boots several (LoRA, training, model files), so the session engine's
+    `vllm:*` may no longer be the ones a scrape shows. The last one booted, this one, is."""
+    from handler.engine.vllm_engine import VLLMEngine
+
+    eng = await VLLMEngine.start(engine_settings())
+    yield eng
+    await eng.close()
+
+
 @pytest.fixture
-async def api(engine, pg, upstash, redis_server):
-    """The API with its metrics looked up at every scrape, and a queue worker on the session engine."""
+async def api(metered, pg, upstash, redis_server):
+    """The API with its metrics looked up at every scrape, and a queue worker on this module's engine."""
+    engine = metered
     pg.truncate()
     redis_server.flush()
     settings = api_settings(pg, upstash, metrics_cache_s=0, default_chunk_size=2)
