@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from shared.contracts.models import Progress, Result, ResultStatus, Summary, rank_index
+from shared.contracts.models import LatencyFigures, Progress, Result, ResultStatus, Summary, rank_index
 
 
 class ProgressTracker:
@@ -57,15 +57,15 @@ class ProgressTracker:
         if self.first_chunk_s is None:
             self.first_chunk_s = round(max(self._clock() - self._started, 0.0), 3)
 
-    def latency_figures(self) -> tuple[float | None, float | None, float | None]:
-        """(p50, p95, max) of the recorded latencies in ms: nearest-rank percentiles
-        (shared/contracts/models.py `rank_index`: always one of the latencies, never an interpolation);
-        None each when no result had one."""
+    def latency_figures(self) -> LatencyFigures:
+        """p50, p95 and max of the recorded latencies in ms: nearest-rank percentiles (shared/contracts/models.py
+        `rank_index`: always one of the latencies, never an interpolation); None each when no result had one.
+        The same shape a job of several shards gets from the store (handler/rollup.py)."""
         if not self.latencies:
-            return None, None, None
+            return LatencyFigures()
         ordered = sorted(self.latencies)
         n = len(ordered)
-        return ordered[rank_index(n, 50)], ordered[rank_index(n, 95)], ordered[-1]
+        return LatencyFigures(p50_ms=ordered[rank_index(n, 50)], p95_ms=ordered[rank_index(n, 95)], max_ms=ordered[-1])
 
     @property
     def done(self) -> int:
@@ -89,12 +89,12 @@ class ProgressTracker:
 
     def summary(self, reason: str | None = None) -> Summary:
         elapsed, items_per_s, tokens_per_s = self._rates()
-        p50, p95, top = self.latency_figures()
+        f = self.latency_figures()
         return Summary(
             total=self.total, completed=self.completed, failed=self.failed, skipped=self.skipped,
             elapsed_s=round(elapsed, 3), items_per_s=round(items_per_s, 3),
             prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
             tokens_per_s=round(tokens_per_s, 1), error_codes=dict(self.error_codes), reason=reason,
-            latency_p50_ms=p50, latency_p95_ms=p95, latency_max_ms=top, first_chunk_s=self.first_chunk_s,
+            latency_p50_ms=f.p50_ms, latency_p95_ms=f.p95_ms, latency_max_ms=f.max_ms, first_chunk_s=self.first_chunk_s,
             peak_kv_cache=self._kv_peak() if self._kv_peak is not None else None,
         )

@@ -3,7 +3,7 @@
 vLLM's scheduler reports its KV-cache use (`SchedulerStats.kv_cache_usage`, 0..1) with its outputs,
 step by step, to the stat loggers AsyncLLM was given (`AsyncLLM.from_engine_args(stat_loggers=...)`).
 `stat_logger(stats)` is one such logger: it hands each reading to a `KvCacheStats`, which keeps the
-latest, the peak since boot, and the peak of every open `KvCacheWindow` (one per run).
+peak of every open `KvCacheWindow` (one per run).
 
 Stats logging: a custom stat logger turns vLLM's stats on even with `disable_log_stats=True` (AsyncLLM:
 `log_stats = log_stats or has_custom_loggers`); its Prometheus logger (`vllm:*`) comes with it either way,
@@ -41,7 +41,7 @@ class KvCacheWindow:
 
 
 class KvCacheStats:
-    """The KV-cache readings of one engine: the latest, the peak since boot, and each open window's peak.
+    """The KV-cache readings of one engine, handed to each open window (its peak).
 
     The windows are held weakly: a run that never closes its window (a crashed one) leaves nothing behind.
     With several engine cores (data parallel) each reports its own use; a window's peak is the highest of
@@ -49,19 +49,12 @@ class KvCacheStats:
     """
 
     def __init__(self) -> None:
-        #: the last reading (0..1); None before the first step
-        self.latest: float | None = None
-        #: the highest reading since boot
-        self.peak: float | None = None
         self._windows: weakref.WeakSet[KvCacheWindow] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def observe(self, usage: float) -> None:
         """One reading of the KV cache's use (0..1), from the scheduler's stats."""
         with self._lock:
-            self.latest = usage
-            if self.peak is None or usage > self.peak:
-                self.peak = usage
             for window in self._windows:
                 window.seen(usage)
 
